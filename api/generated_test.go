@@ -1,0 +1,57 @@
+package api_test
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestGeneratedCodeIsFresh regenerates the API code into a temporary folder
+// and fails when any committed generated file differs or is missing.
+func TestGeneratedCodeIsFresh(t *testing.T) {
+	if _, err := exec.LookPath("protoc"); err != nil {
+		t.Skip("SKIPPED: protoc is not installed (run hack/install-deps.sh)")
+	}
+	out := t.TempDir()
+	cmd := exec.Command("bash", "../hack/generate-proto.sh", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("generate: %v\n%s", err, b)
+	}
+	n := 0
+	err := filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(out, p)
+		want, _ := os.ReadFile(p)
+		got, err := os.ReadFile(rel)
+		if err != nil {
+			t.Errorf("%s: generated but not committed; run make generate", rel)
+			return nil
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s is stale; run make generate", rel)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 4 {
+		t.Fatalf("only %d generated files compared", n)
+	}
+	// Every committed generated file must still be produced.
+	_ = filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".pb.go") || strings.HasSuffix(p, ".pb.gw.go")) {
+			if _, err := os.Stat(filepath.Join(out, p)); err != nil {
+				t.Errorf("%s is committed but no longer generated", p)
+			}
+		}
+		return nil
+	})
+}
