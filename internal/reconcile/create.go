@@ -1,0 +1,367 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/liquidmetal-go/liquidmetal/api/types"
+	"github.com/liquidmetal-go/liquidmetal/internal/images"
+	"github.com/liquidmetal-go/liquidmetal/internal/metadata"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/volumes"
+)
+
+// Failure reasons recorded in MicroVMStatus.failure_reason.
+const (
+	ReasonKernel     = "KernelFailed"
+	ReasonInitrd     = "InitrdFailed"
+	ReasonVolume     = "VolumeFailed"
+	ReasonMetadata   = "MetadataFailed"
+	ReasonNetwork    = "NetworkFailed"
+	ReasonVMMStart   = "VMMStartFailed"
+	ReasonVMMExited  = "VMMExited"
+	ReasonProvider   = "ProviderUnavailable"
+	ReasonRetriesOut = "RetriesExhausted"
+)
+
+// Files of a VM's folder.
+const (
+	kernelFile = "kernel"
+	initrdFile = "initrd"
+	cidataFile = "cidata.img"
+	volumesDir = "volumes"
+)
+
+// create runs the create plan of a PENDING or CREATED VM.
+func (r *Reconciler) create(ctx context.Context, log *slog.Logger, vm *types.MicroVM) (bool, error) {
+	spec := vm.Spec
+	uid := spec.GetUid()
+	p, ok := r.cfg.Providers[spec.GetProvider()]
+	if !ok {
+		return false, r.fail(ctx, log, vm, ReasonProvider, fmt.Errorf("provider %q is not available on this host", spec.GetProvider()))
+	}
+	b := &builder{r: r, vm: vm, dir: r.vmDir(spec), provider: p}
+	err := runPlan(ctx, b.plan())
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		reason := ReasonRetriesOut
+		var se *stepError
+		var ee exitedError
+		switch {
+		case errors.As(err, &ee):
+			reason = ReasonVMMExited
+		case errors.As(err, &se):
+			reason = se.reason
+		}
+		tries := vm.GetStatus().GetRetry() + 1
+		if isPermanent(err) || int(tries) >= r.cfg.MaxRetries {
+			return false, r.fail(ctx, log, vm, reason, err)
+		}
+		log.Warn("create step failed; will retry", "try", tries, "reason", reason, "err", err)
+		return true, r.setStatus(ctx, uid, func(st *types.MicroVMStatus) {
+			st.Retry = tries
+			st.FailureReason = reason
+			st.FailureMessage = err.Error()
+		})
+	}
+	wasCreated := vm.GetStatus().GetState() == types.MicroVMStatus_CREATED
+	if err := r.setStatus(ctx, uid, func(st *types.MicroVMStatus) {
+		b.fillStatus(st)
+		st.State = types.MicroVMStatus_CREATED
+		st.Retry = 0
+		st.FailureReason, st.FailureMessage = "", ""
+		st.ObservedVersion = vm.GetVersion()
+	}); err != nil {
+		return false, err
+	}
+	if !wasCreated {
+		log.Info("microvm created", "pid", b.vmmStatus.Pid)
+	}
+	r.watchExit(uid, b.dir, p)
+	return false, nil
+}
+
+// builder builds the create plan of one VM.
+type builder struct {
+	r        *Reconciler
+	vm       *types.MicroVM
+	dir      string
+	provider vmm.Provider
+
+	leaseCtx  context.Context // ctx carrying the VM's containerd lease, once taken
+	vmmStatus vmm.Status
+	devices   map[string]*types.NetworkInterfaceStatus
+}
+
+func (b *builder) path(name string) string { return filepath.Join(b.dir, name) }
+
+func (b *builder) volumePath(id string) string {
+	return filepath.Join(b.dir, volumesDir, id+".img")
+}
+
+// leased returns a context under the VM's containerd lease, creating the
+// lease the first time.
+func (b *builder) leased(ctx context.Context) (context.Context, error) {
+	if b.leaseCtx != nil {
+		return b.leaseCtx, nil
+	}
+	lctx, err := b.r.cfg.Images.EnsureLease(ctx, b.vm.Spec.GetUid())
+	if err != nil {
+		return nil, err
+	}
+	b.leaseCtx = lctx
+	return lctx, nil
+}
+
+func (b *builder) plan() []step {
+	spec := b.vm.Spec
+	steps := []step{{
+		name: "folder", reason: ReasonVMMStart,
+		needed: func(context.Context) (bool, error) { return missing(filepath.Join(b.dir, volumesDir)) },
+		do:     func(context.Context) error { return os.MkdirAll(filepath.Join(b.dir, volumesDir), 0o750) },
+	}, {
+		name: "kernel", reason: ReasonKernel,
+		needed: func(context.Context) (bool, error) { return missing(b.path(kernelFile)) },
+		do: func(ctx context.Context) error {
+			return b.copyFromImage(ctx, spec.GetKernel().GetImage(), spec.GetKernel().GetFilename(), b.path(kernelFile), b.r.cfg.Images.CopyKernel)
+		},
+	}}
+	if spec.Initrd != nil {
+		steps = append(steps, step{
+			name: "initrd", reason: ReasonInitrd,
+			needed: func(context.Context) (bool, error) { return missing(b.path(initrdFile)) },
+			do: func(ctx context.Context) error {
+				return b.copyFromImage(ctx, spec.GetInitrd().GetImage(), spec.GetInitrd().GetFilename(), b.path(initrdFile), b.r.cfg.Images.CopyInitrd)
+			},
+		})
+	}
+	for _, v := range b.volumes() {
+		steps = append(steps, step{
+			name: "volume " + v.GetId(), reason: ReasonVolume,
+			needed: func(context.Context) (bool, error) { return missing(b.volumePath(v.GetId())) },
+			do:     func(ctx context.Context) error { return b.buildVolume(ctx, v) },
+		})
+	}
+	steps = append(steps, step{
+		name: "network interfaces", reason: ReasonNetwork,
+		do: b.ensureInterfaces,
+	}, step{
+		name: "cloud-init data", reason: ReasonMetadata,
+		needed: func(context.Context) (bool, error) { return missing(b.path(cidataFile)) },
+		do:     b.writeCIData,
+	}, step{
+		name: "vmm", reason: ReasonVMMStart,
+		needed: b.vmmNeeded,
+		do:     b.startVMM,
+	})
+	return steps
+}
+
+// volumes lists the VM's volumes in attachment order: root first.
+func (b *builder) volumes() []*types.Volume {
+	var vs []*types.Volume
+	if rv := b.vm.Spec.GetRootVolume(); rv != nil {
+		vs = append(vs, rv)
+	}
+	return append(vs, b.vm.Spec.GetAdditionalVolumes()...)
+}
+
+// copyFn copies a file (or the image's default one when filename is empty)
+// out of an image.
+type copyFn func(ctx context.Context, uid string, img images.Image, filename, dst string) (string, error)
+
+func (b *builder) copyFromImage(ctx context.Context, ref, filename, dst string, copyFile copyFn) error {
+	lctx, err := b.leased(ctx)
+	if err != nil {
+		return err
+	}
+	img, err := b.r.cfg.Images.Pull(lctx, ref)
+	if err != nil {
+		return err
+	}
+	_, err = copyFile(lctx, b.vm.Spec.GetUid(), img, filename, dst)
+	return err
+}
+
+func (b *builder) buildVolume(ctx context.Context, v *types.Volume) error {
+	src := v.GetSource()
+	if src.GetVirtiofsSource() != "" {
+		return permanent(fmt.Errorf("volume %q: virtiofs_source: %w: provider %q does not support virtio-fs host folders",
+			v.GetId(), errdefs.ErrFailedPrecondition, b.provider.Name()))
+	}
+	lctx, err := b.leased(ctx)
+	if err != nil {
+		return err
+	}
+	img, err := b.r.cfg.Images.Pull(lctx, src.GetContainerSource())
+	if err != nil {
+		return err
+	}
+	return b.r.cfg.Images.WithMounted(lctx, b.vm.Spec.GetUid(), img, func(root string) error {
+		err := volumes.BuildExt4(lctx, root, b.volumePath(v.GetId()), int(v.GetSizeInMb()), v.GetId())
+		if errdefs.IsInvalidArgument(err) {
+			return permanent(err)
+		}
+		return err
+	})
+}
+
+// writeCIData writes the NoCloud disk. Interfaces get the guest MACs chosen
+// for them, so a generated network-config can match them.
+func (b *builder) writeCIData(context.Context) error {
+	spec := proto.CloneOf(b.vm.Spec)
+	for _, iface := range spec.GetInterfaces() {
+		if d := b.devices[iface.GetDeviceId()]; d != nil && iface.GetGuestMac() == "" {
+			iface.GuestMac = &d.MacAddress
+		}
+	}
+	docs, err := metadata.Documents(spec)
+	if err != nil {
+		return permanent(err)
+	}
+	return metadata.WriteCIDataDisk(docs, b.path(cidataFile))
+}
+
+func (b *builder) ensureInterfaces(ctx context.Context) error {
+	b.devices = map[string]*types.NetworkInterfaceStatus{}
+	for i, iface := range b.vm.Spec.GetInterfaces() {
+		if b.r.cfg.Network == nil {
+			return permanent(fmt.Errorf("interfaces[%d]: %w: host networking is not configured", i, errdefs.ErrFailedPrecondition))
+		}
+		d, err := b.r.cfg.Network.Ensure(ctx, b.vm.Spec.GetUid(), i, iface)
+		if errdefs.IsFailedPrecondition(err) {
+			return permanent(err)
+		}
+		if err != nil {
+			return err
+		}
+		b.devices[iface.GetDeviceId()] = &types.NetworkInterfaceStatus{
+			HostDeviceName: d.Name, Index: int32(d.Index), MacAddress: d.MAC,
+		}
+	}
+	return nil
+}
+
+func (b *builder) vmmNeeded(ctx context.Context) (bool, error) {
+	st, err := b.provider.Status(ctx, b.vm.Spec.GetUid(), b.dir)
+	if err != nil {
+		return false, err
+	}
+	b.vmmStatus = st
+	switch st.State {
+	case vmm.StateRunning, vmm.StatePaused:
+		return false, nil
+	case vmm.StateExited:
+		if b.vm.GetStatus().GetState() == types.MicroVMStatus_CREATED {
+			reason := st.Reason
+			if reason == "" {
+				reason = "the VMM process exited"
+			}
+			return false, permanent(exitedError(reason))
+		}
+	}
+	return true, nil
+}
+
+func (b *builder) startVMM(ctx context.Context) error {
+	spec := b.vm.Spec
+	vm := vmm.VM{
+		UID:         spec.GetUid(),
+		Namespace:   spec.GetNamespace(),
+		Name:        spec.GetId(),
+		Dir:         b.dir,
+		VCPU:        int(spec.GetVcpu()),
+		MemoryMB:    int(spec.GetMemoryInMb()),
+		KernelPath:  b.path(kernelFile),
+		Cmdline:     b.cmdline(),
+		StartPaused: b.r.cfg.StartPaused,
+	}
+	if spec.Initrd != nil {
+		vm.InitrdPath = b.path(initrdFile)
+	}
+	for _, v := range b.volumes() {
+		vm.Disks = append(vm.Disks, vmm.Disk{ID: v.GetId(), Path: b.volumePath(v.GetId()), ReadOnly: v.GetIsReadOnly(), Format: "raw"})
+	}
+	vm.Disks = append(vm.Disks, vmm.Disk{ID: "cidata", Path: b.path(cidataFile), ReadOnly: true, Format: "raw"})
+	for i, iface := range spec.GetInterfaces() {
+		d := b.devices[iface.GetDeviceId()]
+		if d == nil {
+			return fmt.Errorf("interfaces[%d]: host device not ready", i)
+		}
+		vm.Nets = append(vm.Nets, vmm.NetDevice{
+			HostDevice: d.HostDeviceName, HostIndex: int(d.Index), GuestMAC: d.MacAddress,
+			MacVTap: iface.GetType() == types.NetworkInterface_MACVTAP,
+		})
+	}
+	st, err := b.provider.Start(ctx, vm)
+	if err != nil {
+		return err
+	}
+	b.vmmStatus = st
+	return nil
+}
+
+// cmdline is the guest kernel command line: flintlockd's defaults, then the
+// spec's arguments, which replace defaults of the same key.
+func (b *builder) cmdline() string {
+	args := map[string]string{"console": "ttyS0", "reboot": "k", "panic": "1"}
+	if b.vm.Spec.GetRootVolume() != nil {
+		args["root"] = "/dev/vda"
+		args["rw"] = ""
+	}
+	for k, v := range b.vm.Spec.GetKernel().GetCmdline() {
+		args[k] = v
+	}
+	keys := make([]string, 0, len(args))
+	for k := range args {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if args[k] == "" {
+			parts = append(parts, k)
+		} else {
+			parts = append(parts, k+"="+args[k])
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// fillStatus records where the VM's parts live on the host.
+func (b *builder) fillStatus(st *types.MicroVMStatus) {
+	st.KernelMount = &types.Mount{Type: types.Mount_HOSTPATH, Source: b.path(kernelFile)}
+	if b.vm.Spec.Initrd != nil {
+		st.InitrdMount = &types.Mount{Type: types.Mount_HOSTPATH, Source: b.path(initrdFile)}
+	}
+	st.Volumes = map[string]*types.VolumeStatus{}
+	for _, v := range b.volumes() {
+		st.Volumes[v.GetId()] = &types.VolumeStatus{Mount: &types.Mount{Type: types.Mount_HOSTPATH, Source: b.volumePath(v.GetId())}}
+	}
+	st.NetworkInterfaces = b.devices
+	st.VmmPid = int32(b.vmmStatus.Pid)
+}
+
+// exitedError is a VMM that exited after its VM was CREATED.
+type exitedError string
+
+func (e exitedError) Error() string { return "vmm exited: " + string(e) }
+
+func missing(path string) (bool, error) {
+	_, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	return false, err
+}
