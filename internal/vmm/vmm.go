@@ -102,6 +102,7 @@ type Provider interface {
 	Stop(ctx context.Context, uid, dir string, timeout time.Duration) error
 	// Wait returns a channel closed when the running VMM process of the VM
 	// exits (it works for processes started by an earlier flintlockd too).
-	// When no process runs, the channel is already closed.
+	// When no process runs, the channel is already closed. ctx bounds only
+	// the setting up of the watch.
 	Wait(ctx context.Context, uid, dir string) (<-chan struct{}, error)
 }
