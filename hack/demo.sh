@@ -10,7 +10,7 @@ fl() { "$bin/fl" --insecure --address 127.0.0.1:9090 "$@"; }
 
 down() {
   if [ -f "$demo/flintlockd.pid" ] && kill -0 "$(cat "$demo/flintlockd.pid")" 2>/dev/null; then
-    for uid in $(fl microvm list -o json 2>/dev/null | jq -r '.[].spec.uid' 2>/dev/null); do
+    for uid in $(fl microvm list -o json 2>/dev/null | jq -r '.microvm[]?.spec.uid' 2>/dev/null); do
       fl microvm delete "$uid" --wait >/dev/null 2>&1 || true
     done
   fi
@@ -71,7 +71,7 @@ uid=$(fl microvm create --name demo --namespace default --vcpu 1 --memory 256 \
 fl microvm wait "$uid" --timeout 5m
 echo "==> the microVM's serial console:"
 timeout 60 "$bin/fl" --insecure --address 127.0.0.1:9090 microvm console -f "$uid" --state-dir "$demo/state" \
-  | sed '/Hello from Liquid Metal/q' || true
+  | sed '/LIQUIDMETAL-GUEST: user-data exited/q' || true
 cat <<EOF
 
 The microVM runs. Inspect and delete it with:

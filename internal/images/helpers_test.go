@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -69,6 +70,9 @@ func newEnv(t testing.TB, opts Options, ctdOpts ...testenv.ContainerdOption) *en
 	t.Cleanup(func() { e.client.Close() })
 	if opts.TempDir == "" {
 		opts.TempDir = t.TempDir()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(testLog{t}, nil))
 	}
 	e.svc = New(e.client, opts)
 	return e
@@ -166,6 +170,15 @@ func (e *env) push(t testing.TB, repoTag string, layers ...[]file) string {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	return e.host + "/" + repoTag
+}
+
+// testLog sends log lines to the test's log.
+type testLog struct{ t testing.TB }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Helper()
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func randomBytes(t testing.TB, n int) []byte {

@@ -189,7 +189,9 @@ func NormalizeRef(ref string) (string, error) {
 // lease (EnsureLease) the image's content and snapshot are added to it.
 //
 // IfNotPresent: when the image is already in containerd's image store with
-// all its content and its unpacked snapshot, no registry request is made.
+// all its content, no registry request is made (it is unpacked locally if
+// its snapshot is missing). A tag moved in the registry is therefore not
+// seen until RemoveImage.
 // A failed pull returns an error naming ref (wrapping errdefs.ErrNotFound
 // when the registry does not know it, errdefs.ErrUnavailable when the
 // registry cannot be reached); what it fetched belongs to the lease and
@@ -209,11 +211,21 @@ func (s *Service) Pull(ctx context.Context, ref string) (Image, error) {
 	unlock := s.locks.lock("pull\x00" + name)
 	defer unlock()
 
-	img, ok, err := s.lookup(ctx, name, sn)
+	img, st, err := s.lookup(ctx, name, sn)
 	if err != nil {
 		return Image{}, fmt.Errorf("image %q: %w", ref, err)
 	}
-	if ok {
+	switch st.state {
+	case imageReady:
+		img.Cached = true
+		return img, s.leaseImage(ctx, img)
+	case imageContentOnly:
+		// All content is here but not unpacked (another snapshotter, or
+		// the snapshot was removed): unpack without the registry.
+		s.log.Info("unpacking image", "ref", name, "snapshotter", sn)
+		if err := client.NewImageWithPlatform(s.client, st.record, s.platform).Unpack(ctx, sn); err != nil {
+			return Image{}, fmt.Errorf("unpacking image %q: %w", ref, err)
+		}
 		img.Cached = true
 		return img, s.leaseImage(ctx, img)
 	}
@@ -228,66 +240,76 @@ func (s *Service) Pull(ctx context.Context, ref string) (Image, error) {
 	if err != nil {
 		return Image{}, pullError(ref, err)
 	}
-	img, ok, err = s.lookup(ctx, name, sn)
+	img, st, err = s.lookup(ctx, name, sn)
 	if err != nil {
 		return Image{}, fmt.Errorf("image %q after pull: %w", ref, err)
 	}
-	if !ok {
+	if st.state != imageReady {
 		return Image{}, fmt.Errorf("image %q is incomplete after pull: %w", ref, errdefs.ErrUnknown)
 	}
 	return img, s.leaseImage(ctx, img)
 }
 
-// lookup returns the image named name when containerd holds it complete:
-// the record, the manifest for this platform, its config and layers, and
-// the committed snapshot of its root tree. ok is false when anything is
-// missing.
-func (s *Service) lookup(ctx context.Context, name, sn string) (img Image, ok bool, err error) {
+type imageState int
+
+const (
+	imageMissing     imageState = iota // not in the store, or content missing
+	imageContentOnly                   // all content, no unpacked snapshot
+	imageReady                         // all content and the snapshot
+)
+
+type lookupResult struct {
+	state  imageState
+	record images.Image
+}
+
+// lookup finds the image named name in containerd: its record, the
+// manifest for this platform, its config and layers, and the committed
+// snapshot of its root tree. The image is returned when the state is not
+// imageMissing.
+func (s *Service) lookup(ctx context.Context, name, sn string) (Image, lookupResult, error) {
+	var res lookupResult
+	missing := func(err error) (Image, lookupResult, error) {
+		if errdefs.IsNotFound(err) {
+			return Image{}, lookupResult{}, nil
+		}
+		return Image{}, lookupResult{}, err
+	}
 	rec, err := s.client.ImageService().Get(ctx, name)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return Image{}, false, nil
-		}
-		return Image{}, false, err
+		return missing(err)
 	}
+	res.record = rec
 	cs := s.client.ContentStore()
 	manifest, err := images.Manifest(ctx, cs, rec.Target, s.platform)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return Image{}, false, nil
-		}
-		return Image{}, false, err
+		return missing(err)
 	}
 	for _, l := range manifest.Layers {
 		if _, err := cs.Info(ctx, l.Digest); err != nil {
-			if errdefs.IsNotFound(err) {
-				return Image{}, false, nil
-			}
-			return Image{}, false, err
+			return missing(err)
 		}
 	}
 	diffIDs, err := images.RootFS(ctx, cs, manifest.Config)
 	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return Image{}, false, nil
-		}
-		return Image{}, false, err
+		return missing(err)
 	}
 	if len(diffIDs) == 0 {
-		return Image{}, false, fmt.Errorf("image has no layers: %w", errdefs.ErrInvalidArgument)
+		return Image{}, res, fmt.Errorf("image has no layers: %w", errdefs.ErrInvalidArgument)
 	}
-	chainID := identity.ChainID(diffIDs)
-	info, err := s.client.SnapshotService(sn).Stat(ctx, chainID.String())
+	img := Image{Ref: name, Digest: rec.Target.Digest, ChainID: identity.ChainID(diffIDs), Snapshotter: sn}
+	res.state = imageContentOnly
+	info, err := s.client.SnapshotService(sn).Stat(ctx, img.ChainID.String())
 	if err != nil {
 		if errdefs.IsNotFound(err) {
-			return Image{}, false, nil
+			return img, res, nil
 		}
-		return Image{}, false, err
+		return Image{}, res, err
 	}
-	if info.Kind != snapshots.KindCommitted {
-		return Image{}, false, nil
+	if info.Kind == snapshots.KindCommitted {
+		res.state = imageReady
 	}
-	return Image{Ref: name, Digest: rec.Target.Digest, ChainID: chainID, Snapshotter: sn}, true, nil
+	return img, res, nil
 }
 
 // leaseImage adds the image to ctx's lease, when there is one. The target
@@ -326,20 +348,22 @@ func (s *Service) RemoveImage(ctx context.Context, ref string) error {
 // resolver returns a registry resolver using plain HTTP for loopback hosts
 // and Options.PlainHTTP.
 func (s *Service) resolver() remotes.Resolver {
-	plain := func(host string) (bool, error) {
-		for _, h := range s.opts.PlainHTTP {
-			if h == host {
-				return true, nil
-			}
-		}
-		return docker.MatchLocalhost(host)
-	}
 	return docker.NewResolver(docker.ResolverOptions{
 		Hosts: docker.ConfigureDefaultRegistries(
-			docker.WithPlainHTTP(plain),
+			docker.WithPlainHTTP(s.plainHTTP),
 			docker.WithAuthorizer(docker.NewDockerAuthorizer()),
 		),
 	})
+}
+
+// plainHTTP tells whether host is reached over plain HTTP.
+func (s *Service) plainHTTP(host string) (bool, error) {
+	for _, h := range s.opts.PlainHTTP {
+		if h == host {
+			return true, nil
+		}
+	}
+	return docker.MatchLocalhost(host)
 }
 
 // pullError names the reference and classifies err.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -256,11 +257,9 @@ func TestCachedPullMakesNoRegistryRequest(t *testing.T) {
 	if n := e.requests.Load() - before; n != 0 {
 		t.Fatalf("cached pulls made %d registry requests", n)
 	}
+	// Speed is BenchmarkPullCached's to measure; here the fast path is
+	// proven by the absence of registry requests.
 	t.Logf("cached pull: %v", best)
-	// Generous bound for a shared 2-core machine; typically a few ms.
-	if best > 100*time.Millisecond {
-		t.Errorf("cached pull took %v", best)
-	}
 	// The image is in vm2's lease too.
 	res, err := e.svc.Leftovers(e.ctx(t), "vm2")
 	if err != nil {
@@ -269,6 +268,85 @@ func TestCachedPullMakesNoRegistryRequest(t *testing.T) {
 	if !slices.ContainsFunc(res.Resources, func(r leases.Resource) bool { return r.ID == first.Digest.String() }) {
 		t.Errorf("vm2's lease does not hold the image: %+v", res.Resources)
 	}
+}
+
+// TestPullUnpacksWithoutRegistry: an image whose content is all in
+// containerd but whose snapshot is gone is unpacked again locally.
+func TestPullUnpacksWithoutRegistry(t *testing.T) {
+	e := newEnv(t, Options{})
+	ref, kernel, _ := kernelImage(t, e, "1")
+	ctx, err := e.svc.EnsureLease(e.ctx(t), "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := e.svc.Pull(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client.SnapshotService(img.Snapshotter).Remove(ctx, img.ChainID.String()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.snapshotKeys(t); len(got) != 0 {
+		t.Fatalf("snapshots after removal: %v", got)
+	}
+	before := e.requests.Load()
+	again, err := e.svc.Pull(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.requests.Load() - before; n != 0 {
+		t.Errorf("re-unpacking made %d registry requests", n)
+	}
+	if !again.Cached || again.ChainID != img.ChainID {
+		t.Errorf("second pull %+v, first %+v", again, img)
+	}
+	if got := e.snapshotKeys(t); !slices.Equal(got, []string{img.ChainID.String()}) {
+		t.Fatalf("snapshots after re-pull: %v", got)
+	}
+	dst := filepath.Join(t.TempDir(), "kernel")
+	if _, err := e.svc.CopyKernel(ctx, "vm1", again, "", dst); err != nil {
+		t.Fatal(err)
+	}
+	assertFile(t, dst, kernel)
+}
+
+// TestConcurrentPulls: VMs created at once from one image fetch it once.
+func TestConcurrentPulls(t *testing.T) {
+	e := newEnv(t, Options{CacheDir: t.TempDir()})
+	ref, kernel, _ := kernelImage(t, e, "1")
+	const n = 4
+	var wg sync.WaitGroup
+	results := make([]Image, n)
+	errs := make([]error, n)
+	dir := t.TempDir()
+	for i := range n {
+		wg.Go(func() {
+			uid := fmt.Sprintf("vm%d", i)
+			ctx, err := e.svc.EnsureLease(e.ctx(t), uid)
+			if err == nil {
+				results[i], err = e.svc.Pull(ctx, ref)
+			}
+			if err == nil {
+				_, err = e.svc.CopyKernel(ctx, uid, results[i], "", filepath.Join(dir, uid))
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	fetched := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("vm%d: %v", i, errs[i])
+		}
+		if !results[i].Cached {
+			fetched++
+		}
+		assertFile(t, filepath.Join(dir, fmt.Sprintf("vm%d", i)), kernel)
+	}
+	if fetched != 1 {
+		t.Errorf("%d of %d concurrent pulls went to the registry, want 1", fetched, n)
+	}
+	assertNoMountsLeft(t, e)
 }
 
 // TestLeasesHoldAndRelease: an image pulled by two VMs outlives its removal
@@ -312,11 +390,27 @@ func TestLeasesHoldAndRelease(t *testing.T) {
 	if got := e.snapshotKeys(t); !slices.Equal(got, snaps) {
 		t.Fatalf("removing the image took snapshots held by leases: %v -> %v", snaps, got)
 	}
-	// The image still mounts: the leases hold it.
+	// A view left by a crash is reused, and removed, by the next mount
+	// (the image still mounts: the leases hold it).
+	sn := e.client.SnapshotService(img.Snapshotter)
+	if _, err := sn.View(ctxA, viewKey("vmA", img), img.ChainID.String()); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.svc.WithMounted(ctxA, "vmA", img, func(root string) error {
-		return nil
+		_, err := os.Stat(filepath.Join(root, "etc/motd"))
+		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if left, err := e.svc.Leftovers(ctxA, "vmA"); err != nil || len(left.Views) != 0 {
+		t.Fatalf("views after mount: %v %v", left.Views, err)
+	}
+	// One left by a crash goes with the lease.
+	if _, err := sn.View(ctxA, viewKey("vmA", img), img.ChainID.String()); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := e.svc.Leftovers(ctxA, "vmA"); err != nil || len(left.Views) != 1 {
+		t.Fatalf("views: %v %v", left.Views, err)
 	}
 
 	if err := e.svc.DeleteLease(e.ctx(t), "vmA"); err != nil {
@@ -595,8 +689,23 @@ func TestCachedCreateIsFast(t *testing.T) {
 		assertFile(t, filepath.Join(dir, "kernel"), kernel)
 	}
 	t.Logf("cached create (lease, pull, kernel, initrd): %v", best)
-	if best > 50*time.Millisecond {
-		t.Errorf("cached create took %v, want well under 50ms", best)
+}
+
+func TestPlainHTTPHosts(t *testing.T) {
+	s := New(nil, Options{PlainHTTP: []string{"registry.internal:5000"}})
+	for host, want := range map[string]bool{
+		"registry.internal:5000": true,
+		"registry.internal":      false,
+		"127.0.0.1:5000":         true,
+		"localhost:5000":         true,
+		"[::1]:5000":             true,
+		"ghcr.io":                false,
+		"docker.io":              false,
+	} {
+		got, err := s.plainHTTP(host)
+		if err != nil || got != want {
+			t.Errorf("plainHTTP(%s) = %v, %v; want %v", host, got, err, want)
+		}
 	}
 }
 

@@ -124,9 +124,9 @@ func MeasureTree(srcDir string) (Content, error) {
 
 func blocksFor(n int64) int64 { return (n + blockSize - 1) / blockSize }
 
-// journalBlocks is the journal size used for an image of the given number
-// of blocks: the table e2fsprogs uses by default, but no journal when it
-// would take more than a quarter of the image; 0 means no journal.
+// journalBlocks is the journal size e2fsprogs gives by default to an image
+// of the given number of 4 KiB blocks (none under 16 MiB here, where it
+// would take more than a quarter of the image).
 func journalBlocks(blocks int64) int64 {
 	switch {
 	case blocks < 4096:
@@ -161,44 +161,70 @@ func inodeCount(size int64, c Content) int64 {
 	return n
 }
 
-// overheadBytes estimates ext4's own space in an image of size bytes:
-// inode tables, journal, and per-group bitmaps, descriptors, superblock
-// backups and the blocks reserved for growth.
+// overheadBytes estimates ext4's own space in an image of size bytes,
+// journal aside: inode tables, per-group bitmaps, descriptors, superblock
+// backups, the blocks reserved for growth, and allocation slack.
 func overheadBytes(size int64, c Content) int64 {
-	blocks := size / blockSize
-	groups := (blocks + 32767) / 32768
-	meta := inodeCount(size, c)*inodeSize +
-		journalBlocks(blocks)*blockSize +
-		groups*64*blockSize + // bitmaps, descriptors, superblock backups, resize reserve
-		size/50 + // 2% for extent/index blocks and allocation slack
+	groups := (size/blockSize + 32767) / 32768
+	return inodeCount(size, c)*inodeSize +
+		groups*64*blockSize +
+		size/50 +
 		2*mib
-	return meta
 }
 
-// MinimumSizeMB returns the smallest image size, in MiB, that holds c.
-func MinimumSizeMB(c Content) int {
-	fits := func(mb int64) bool { return c.DataBytes+overheadBytes(mb*mib, c) <= mb*mib }
-	// Overhead grows with the size (and jumps where the journal does):
-	// converge from below, then step up to the first size that fits.
-	mb := (c.DataBytes + mib - 1) / mib
-	for i := 0; i < 20 && !fits(mb); i++ {
-		mb = (c.DataBytes + overheadBytes(mb*mib, c) + mib - 1) / mib
+// fits tells whether c fits an image of size bytes with a journal of
+// journal blocks.
+func fits(size, journal int64, c Content) bool {
+	return c.DataBytes+overheadBytes(size, c)+journal*blockSize <= size
+}
+
+// journalFor is the journal an image of size bytes holding c gets: the
+// default one, halved while it does not leave room for c, down to none.
+func journalFor(size int64, c Content) int64 {
+	j := journalBlocks(size / blockSize)
+	for j > 0 && !fits(size, j, c) {
+		j /= 2
+		if j < 1024 {
+			j = 0
+		}
 	}
-	for !fits(mb) {
+	return j
+}
+
+// smallestMB returns a size in MiB for which ok holds and not for the size
+// just below it: the smallest one when ok holds for every larger size.
+func smallestMB(c Content, ok func(mb int64) bool) int64 {
+	mb := (c.DataBytes + mib - 1) / mib
+	// Converge from below, then step up.
+	for i := 0; i < 20 && !ok(mb); i++ {
+		mb = (c.DataBytes + overheadBytes(mb*mib, c) + journalBlocks(mb*mib/blockSize)*blockSize + mib - 1) / mib
+	}
+	for mb > 1 && ok(mb-1) {
+		mb--
+	}
+	for !ok(mb) {
 		mb++
 	}
-	return int(mb)
+	return mb
+}
+
+// MinimumSizeMB returns the smallest image size, in MiB, that holds c (with
+// a smaller journal, or none, when the default one does not fit). Every
+// larger size holds it too.
+func MinimumSizeMB(c Content) int {
+	return int(smallestMB(c, func(mb int64) bool { return fits(mb*mib, 0, c) }))
 }
 
 // DefaultSizeMB is the size BuildExt4 gives when asked for none: the
-// minimum plus a tenth (at least 8 MiB) of free space.
+// smallest that holds c with the default journal, plus a tenth (at least
+// 8 MiB) of free space.
 func DefaultSizeMB(c Content) int {
-	min := MinimumSizeMB(c)
-	free := min / 10
+	mb := smallestMB(c, func(mb int64) bool { return fits(mb*mib, journalBlocks(mb*mib/blockSize), c) })
+	free := mb / 10
 	if free < 8 {
 		free = 8
 	}
-	return min + free
+	return int(mb + free)
 }
 
 // BuildExt4 makes dst an ext4 filesystem image of sizeMB MiB labelled label
@@ -242,7 +268,7 @@ func BuildExt4(ctx context.Context, srcDir, dst string, sizeMB int, label string
 			"-L", label,
 			"-d", srcDir,
 		}
-		if j := journalBlocks(size / blockSize); j > 0 {
+		if j := journalFor(size, content); j > 0 {
 			args = append(args, "-J", "size="+strconv.FormatInt(j*blockSize/mib, 10))
 		} else {
 			args = append(args, "-O", "^has_journal")

@@ -194,6 +194,14 @@ func TestMinimumSizeFits(t *testing.T) {
 			}
 			return os.WriteFile(filepath.Join(dir, "blob"), b, 0o644)
 		},
+		// Where the default journal starts (16 MiB) and would not fit.
+		"journal-edge": func(dir string) error {
+			b := make([]byte, 13<<20)
+			if _, err := rand.Read(b); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dir, "blob"), b, 0o644)
+		},
 	}
 	for name, mk := range shapes {
 		t.Run(name, func(t *testing.T) {
@@ -206,11 +214,18 @@ func TestMinimumSizeFits(t *testing.T) {
 				t.Fatal(err)
 			}
 			dst := filepath.Join(t.TempDir(), "img")
-			if err := BuildExt4(context.Background(), src, dst, MinimumSizeMB(c), "x"); err != nil {
-				t.Fatalf("content %+v, minimum %d MiB: %v", c, MinimumSizeMB(c), err)
+			// The minimum and every size above it hold the tree.
+			min := MinimumSizeMB(c)
+			for size := min; size < min+6; size++ {
+				if err := BuildExt4(context.Background(), src, dst, size, "x"); err != nil {
+					t.Fatalf("content %+v, minimum %d MiB, size %d MiB: %v", c, min, size, err)
+				}
+				if out, err := exec.Command("e2fsck", "-fn", dst).CombinedOutput(); err != nil {
+					t.Fatalf("e2fsck: %v\n%s", err, out)
+				}
 			}
-			if out, err := exec.Command("e2fsck", "-fn", dst).CombinedOutput(); err != nil {
-				t.Fatalf("e2fsck: %v\n%s", err, out)
+			if err := BuildExt4(context.Background(), src, dst, 0, "x"); err != nil {
+				t.Fatalf("default size: %v", err)
 			}
 		})
 	}
