@@ -16,8 +16,9 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-generate: ## regenerate committed code (protobuf)
+generate: ## regenerate committed code (protobuf, CAPMVM deepcopy and CRDs)
 	hack/generate-proto.sh
+	hack/generate-crds.sh
 
 verify-generate:
 	$(GO) test -count=1 ./api/...

@@ -32,7 +32,7 @@ func TestCreateBootDelete(t *testing.T) {
 	d := startDaemon(t)
 	ctx := context.Background()
 	marker := fmt.Sprintf("marker-grpc-%d", time.Now().UnixNano())
-	resp, err := d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: spec("grpc", marker)})
+	resp, err := d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: spec("grpc", marker)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,16 +52,16 @@ func TestCreateBootDelete(t *testing.T) {
 	d.waitConsole(vm, marker, bootTimeout)
 
 	// Labels are stored and filter List.
-	list, err := d.client.ListMicroVMs(ctx, &v1alpha1.ListMicroVMsRequest{Namespace: "e2e", LabelSelector: "suite=e2e"})
+	list, err := d.Client.ListMicroVMs(ctx, &v1alpha1.ListMicroVMsRequest{Namespace: "e2e", LabelSelector: "suite=e2e"})
 	if err != nil || len(list.GetMicrovm()) != 1 {
 		t.Fatalf("list by label: %v %v", list, err)
 	}
-	list, err = d.client.ListMicroVMs(ctx, &v1alpha1.ListMicroVMsRequest{LabelSelector: "suite=other"})
+	list, err = d.Client.ListMicroVMs(ctx, &v1alpha1.ListMicroVMsRequest{LabelSelector: "suite=other"})
 	if err != nil || len(list.GetMicrovm()) != 0 {
 		t.Fatalf("list by other label: %v %v", list, err)
 	}
 
-	if _, err := d.client.DeleteMicroVM(ctx, &v1alpha1.DeleteMicroVMRequest{Uid: uid}); err != nil {
+	if _, err := d.Client.DeleteMicroVM(ctx, &v1alpha1.DeleteMicroVMRequest{Uid: uid}); err != nil {
 		t.Fatal(err)
 	}
 	d.waitGone(uid, time.Minute)
@@ -76,7 +76,7 @@ func TestHTTPGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := "http://" + d.httpAddr + "/v1alpha1"
+	base := "http://" + d.HTTPAddr + "/v1alpha1"
 	resp, err := http.Post(base+"/microvm", "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +149,7 @@ func TestFLCommandLine(t *testing.T) {
 	}
 	fl := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(env.fl, append([]string{"--insecure", "--address", d.grpcAddr}, args...)...)
+		cmd := exec.Command(env.FL, append([]string{"--insecure", "--address", d.GRPCAddr}, args...)...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("fl %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -157,7 +157,7 @@ func TestFLCommandLine(t *testing.T) {
 		return string(out)
 	}
 	out := fl("microvm", "create", "--name", "cli", "--namespace", "e2e", "--vcpu", "1", "--memory", "256",
-		"--kernel-image", env.images.Kernel, "--initrd-image", env.images.Initrd, "--root-image", env.images.Root,
+		"--kernel-image", env.Images.Kernel, "--initrd-image", env.Images.Initrd, "--root-image", env.Images.Root,
 		"--user-data-file", ud, "-o", "json")
 	var created types.MicroVM
 	if err := protojson.Unmarshal([]byte(out), &created); err != nil {
@@ -170,7 +170,7 @@ func TestFLCommandLine(t *testing.T) {
 	if out := fl("microvm", "list", "--namespace", "e2e"); !strings.Contains(out, uid) || !strings.Contains(out, "CREATED") {
 		t.Fatalf("fl list:\n%s", out)
 	}
-	if out := fl("microvm", "console", uid, "--state-dir", d.stateDir); !strings.Contains(out, marker) {
+	if out := fl("microvm", "console", uid, "--state-dir", d.StateDir); !strings.Contains(out, marker) {
 		t.Fatalf("fl console lacks the marker:\n%s", tail(out, 20))
 	}
 	fl("microvm", "delete", uid, "--wait")
@@ -183,7 +183,7 @@ func TestFLCommandLine(t *testing.T) {
 func TestKillDuringCreate(t *testing.T) {
 	d := startDaemon(t)
 	ctx := context.Background()
-	resp, err := d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: spec("crash", "marker-crash")})
+	resp, err := d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: spec("crash", "marker-crash")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,11 +208,11 @@ func TestKillDuringCreate(t *testing.T) {
 	if pids := vmmProcesses(uid); len(pids) != 1 {
 		t.Fatalf("want exactly one VMM process, got %v", pids)
 	}
-	list, err := d.client.ListMicroVMs(ctx, &v1alpha1.ListMicroVMsRequest{Namespace: "e2e"})
+	list, err := d.Client.ListMicroVMs(ctx, &v1alpha1.ListMicroVMsRequest{Namespace: "e2e"})
 	if err != nil || len(list.GetMicrovm()) != 1 {
 		t.Fatalf("want one VM listed, got %v (%v)", list, err)
 	}
-	if _, err := d.client.DeleteMicroVM(ctx, &v1alpha1.DeleteMicroVMRequest{Uid: uid}); err != nil {
+	if _, err := d.Client.DeleteMicroVM(ctx, &v1alpha1.DeleteMicroVMRequest{Uid: uid}); err != nil {
 		t.Fatal(err)
 	}
 	d.waitGone(uid, time.Minute)
@@ -225,8 +225,8 @@ func TestMissingImage(t *testing.T) {
 	d := startDaemon(t)
 	ctx := context.Background()
 	s := spec("missing", "x")
-	s.Kernel.Image = env.registry.Host + "/liquidmetal/no-such-kernel:v0"
-	resp, err := d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s})
+	s.Kernel.Image = env.Registry.Host + "/liquidmetal/no-such-kernel:v0"
+	resp, err := d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestMissingImage(t *testing.T) {
 	var vm *types.MicroVM
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		got, err := d.client.GetMicroVM(ctx, &v1alpha1.GetMicroVMRequest{Uid: uid})
+		got, err := d.Client.GetMicroVM(ctx, &v1alpha1.GetMicroVMRequest{Uid: uid})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,7 +256,7 @@ func TestMissingImage(t *testing.T) {
 	if pids := vmmProcesses(uid); len(pids) > 0 {
 		t.Errorf("a VMM runs for a failed VM: %v", pids)
 	}
-	if _, err := d.client.DeleteMicroVM(ctx, &v1alpha1.DeleteMicroVMRequest{Uid: uid}); err != nil {
+	if _, err := d.Client.DeleteMicroVM(ctx, &v1alpha1.DeleteMicroVMRequest{Uid: uid}); err != nil {
 		t.Fatal(err)
 	}
 	d.waitGone(uid, time.Minute)
@@ -267,33 +267,33 @@ func TestMissingImage(t *testing.T) {
 func TestAPIErrors(t *testing.T) {
 	d := startDaemon(t)
 	ctx := context.Background()
-	_, err := d.client.GetMicroVM(ctx, &v1alpha1.GetMicroVMRequest{Uid: "01ARZ3NDEKTSV4RRFFQ69G5FAV"})
+	_, err := d.Client.GetMicroVM(ctx, &v1alpha1.GetMicroVMRequest{Uid: "01ARZ3NDEKTSV4RRFFQ69G5FAV"})
 	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("get unknown: %v", err)
 	}
 	s := spec("bad", "x")
 	s.Interfaces = []*types.NetworkInterface{{DeviceId: "eth0", GuestMac: strPtr("zz:00")}}
-	_, err = d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s})
+	_, err = d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "microvm.interfaces[0].guest_mac") {
 		t.Errorf("bad mac: %v", err)
 	}
 	s = spec("../escape", "x")
-	_, err = d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s})
+	_, err = d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "microvm.id") {
 		t.Errorf("path escape: %v", err)
 	}
 	s = spec("dup", "x")
-	s.Kernel.Image = env.registry.Host + "/liquidmetal/no-such-kernel:v0"
-	if _, err := d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s}); err != nil {
+	s.Kernel.Image = env.Registry.Host + "/liquidmetal/no-such-kernel:v0"
+	if _, err := d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: s}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: spec("dup", "x")})
+	_, err = d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: spec("dup", "x")})
 	if status.Code(err) != codes.AlreadyExists {
 		t.Errorf("duplicate: %v", err)
 	}
 	big := spec("big", "x")
 	big.Metadata["user-data"] = strings.Repeat("A", 5<<20)
-	_, err = d.client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: big})
+	_, err = d.Client.CreateMicroVM(ctx, &v1alpha1.CreateMicroVMRequest{Microvm: big})
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("oversized: %v", err)
 	}
