@@ -11,6 +11,8 @@ all: build
 deps: ## Debian packages and cached tool builds
 	@hack/install-deps.sh
 	@hack/build-registry.sh
+	@hack/build-kube.sh
+	@hack/build-capi.sh
 
 build:
 	@mkdir -p $(BIN)
