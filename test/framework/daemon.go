@@ -102,8 +102,16 @@ func StartDaemon(t testing.TB, env *Env, extra ...string) *Daemon {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		_ = d.DeleteAll(ctx)
+		derr := d.DeleteAll(ctx)
 		d.Stop()
+		// A daemon the test left unreachable (credentials, a kill) must
+		// not leave its guests running behind the test.
+		if pids := VMMProcesses(d.StateDir); len(pids) > 0 {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			t.Logf("killed %d VMM processes left by the daemon (delete-all: %v)", len(pids), derr)
+		}
 		if t.Failed() {
 			t.Logf("flintlockd log:\n%s", d.LogTail(60))
 		}

@@ -346,8 +346,20 @@ func (p *Provider) find(uid, dir string) (int, error) {
 	p.mu.Lock()
 	c := p.children[uid]
 	p.mu.Unlock()
-	if c != nil && c.dir == dir && !c.exited() && process.Running(c.pid) {
-		return c.pid, nil
+	if c != nil && c.dir == dir {
+		if !c.exited() && process.Running(c.pid) {
+			return c.pid, nil
+		}
+		if c.exited() {
+			// Starts are serialised per VM: the child we reaped was the
+			// last VMM of this VM.
+			return 0, nil
+		}
+	}
+	// Start writes the command line before it forks: without it, no VMM
+	// of ours ever ran in dir and /proc need not be scanned.
+	if _, err := os.Stat(filepath.Join(dir, cmdlineFile)); errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
 	}
 	if pid, err := process.ReadPidFile(filepath.Join(dir, pidFile)); err == nil && p.ours(pid, uid) {
 		return pid, nil
