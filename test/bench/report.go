@@ -303,6 +303,7 @@ func (b *bench) report() {
 	if len(conc) > 0 {
 		p := createP50(conc)
 		t.add(fmt.Sprintf("create→running p50, %d at once", b.o.conc), ms(p), "≤"+ms(targetCreateP50), verdict(p <= targetCreateP50))
+		b.cpuFloorNote(t, fmt.Sprintf("%d at once", b.o.conc), b.o.conc)
 	}
 	if len(b.burst) > 0 {
 		r, aim := b.burst.rate(), aimFactor*(upstreamRateLo+upstreamRateHi)/2
@@ -334,4 +335,21 @@ func plural(n int, one, many string) string {
 		return "1 " + one
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// cpuFloorNote explains a batch's p50 by the CPU time its VMs need: with
+// every VM needing c ms of CPU (flintlockd, containerd and its VMM) and n
+// CPUs, half of a batch of k VMs cannot be running before c·k/2/n.
+func (b *bench) cpuFloorNote(t *table, name string, k int) {
+	for _, r := range b.cpu {
+		if r.name != name {
+			continue
+		}
+		c := r.use.daemon + r.use.containerd + r.use.vmm
+		floor := time.Duration(c * float64(k) / 2 / float64(runtime.NumCPU()) * float64(time.Millisecond))
+		t.note("%s: each VM costs %.0f ms of CPU (its VMM %.0f ms, flintlockd %.0f ms, containerd %.0f ms); on %d CPUs "+
+			"half of %d VMs cannot be running before %s, however the work is ordered.",
+			name, c, r.use.vmm, r.use.daemon, r.use.containerd, runtime.NumCPU(), k, ms(floor))
+		return
+	}
 }
