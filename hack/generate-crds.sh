@@ -17,3 +17,10 @@ cd "$root"
 "$bin/controller-gen" \
   crd paths=./api/infrastructure/v1alpha1/... \
   output:crd:dir="$out/config/crd/bases"
+
+# Admission webhook configurations from the +kubebuilder:webhook markers of
+# internal/webhook (config/webhook/manifests.yaml).
+mkdir -p "$out/config/webhook"
+"$bin/controller-gen" \
+  webhook paths=./internal/webhook/... \
+  output:webhook:dir="$out/config/webhook"
