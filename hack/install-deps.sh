@@ -18,6 +18,9 @@ pkgs=(
   zstd
   curl
   jq
+  dnsmasq-base
+  nftables
+  debootstrap
 )
 missing=()
 for p in "${pkgs[@]}"; do

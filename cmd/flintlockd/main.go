@@ -24,7 +24,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	run := newRunCommand()
-	root.AddCommand(run)
+	root.AddCommand(run, newHostCommand())
 	// "flintlockd" alone runs the daemon, as "flintlockd run" does.
 	root.RunE = run.RunE
 	root.Flags().AddFlagSet(run.Flags())

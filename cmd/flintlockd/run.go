@@ -26,10 +26,9 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/internal/images"
 	"github.com/liquidmetal-go/liquidmetal/internal/network"
 	"github.com/liquidmetal-go/liquidmetal/internal/reconcile"
+	"github.com/liquidmetal-go/liquidmetal/internal/registryauth"
 	"github.com/liquidmetal-go/liquidmetal/internal/server"
 	"github.com/liquidmetal-go/liquidmetal/internal/store"
-	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
-	"github.com/liquidmetal-go/liquidmetal/internal/vmm/qemu"
 )
 
 // options are flintlockd's settings; each is a flag, a FLINTLOCKD_*
@@ -45,6 +44,11 @@ type options struct {
 	containerdSocket    string
 	containerdNamespace string
 	snapshotter         string
+
+	// registries: credentials, hosts.toml folder, plain-HTTP hosts.
+	registryConfig    string
+	registryHostsDir  string
+	registryPlainHTTP []string
 
 	defaultProvider string
 	qemuBinary      string
@@ -65,6 +69,12 @@ type options struct {
 	stopTimeout    time.Duration
 	startPaused    bool
 
+	// capacity is what the host service reports as this host's capacity.
+	capacity server.CapacityConfig
+
+	// vmm: the other providers and the metadata service (providers.go).
+	vmm vmmOptions
+
 	logLevel  string
 	logFormat string
 }
@@ -75,6 +85,7 @@ func newRunCommand() *cobra.Command {
 		Use:   "run",
 		Short: "Run the microVM service",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.vmm.changed = func(name string) bool { return cmd.Flags().Changed(name) }
 			if err := applyConfig(cmd.Flags(), o.configFile); err != nil {
 				return err
 			}
@@ -90,6 +101,9 @@ func newRunCommand() *cobra.Command {
 	f.StringVar(&o.containerdSocket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket")
 	f.StringVar(&o.containerdNamespace, "containerd-namespace", "flintlock", "containerd namespace of flintlockd's images and leases")
 	f.StringVar(&o.snapshotter, "snapshotter", "", "containerd snapshotter to unpack images with (default: overlayfs where it works, else native)")
+	f.StringVar(&o.registryConfig, "registry-config", "", "docker-style config.json with registry credentials (auths); re-read when it changes")
+	f.StringVar(&o.registryHostsDir, "registry-hosts-dir", "", "containerd certs.d-style folder of <host>/hosts.toml (mirrors, CAs, client certificates)")
+	f.StringSliceVar(&o.registryPlainHTTP, "registry-plain-http", nil, "registry hosts (host:port) reached over plain HTTP; loopback registries always are")
 	f.StringVar(&o.defaultProvider, "default-provider", "qemu", "VMM provider of VMs that name none")
 	f.StringVar(&o.qemuBinary, "qemu-binary", "qemu-system-x86_64", "QEMU binary")
 	f.StringVar(&o.qemuAccel, "qemu-accel", "auto", "QEMU acceleration: auto (probe KVM, else TCG), kvm or tcg")
@@ -107,6 +121,10 @@ func newRunCommand() *cobra.Command {
 	f.DurationVar(&o.retryBaseDelay, "retry-base-delay", 500*time.Millisecond, "first retry delay; doubles each try")
 	f.DurationVar(&o.resyncPeriod, "resync-period", time.Minute, "period of a full reconcile of every VM")
 	f.DurationVar(&o.stopTimeout, "vmm-stop-timeout", 0, "graceful shutdown time of a VMM on delete before it is killed")
+	f.Float64Var(&o.capacity.VCPUOvercommit, "capacity-vcpu-overcommit", 1, "vCPUs offered to microVMs per host CPU (host capacity service)")
+	f.Int64Var(&o.capacity.MemoryMiB, "capacity-memory-mib", 0, "memory in MiB offered to microVMs before the reservation (default: the host's MemTotal)")
+	f.Int64Var(&o.capacity.ReservedMemoryMiB, "capacity-reserved-memory-mib", 0, "memory in MiB kept for the host, not offered to microVMs")
+	addVMMFlags(f, &o.vmm)
 	f.BoolVar(&o.startPaused, "start-paused", false, "start guests paused (benchmarks: keeps the guest's boot out of the figures)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -168,25 +186,36 @@ func run(ctx context.Context, o *options) error {
 		return fmt.Errorf("connecting to containerd at %s: %w", o.containerdSocket, err)
 	}
 	defer cd.Close()
+	regs, err := registryauth.New(registryauth.Options{
+		ConfigFile: o.registryConfig,
+		HostsDir:   o.registryHostsDir,
+		PlainHTTP:  o.registryPlainHTTP,
+		Logger:     log,
+	})
+	if err != nil {
+		return fmt.Errorf("--registry-config/--registry-hosts-dir: %w", err)
+	}
 	imgs := images.New(cd, images.Options{
+		Resolver:    regs.Resolver,
 		Namespace:   o.containerdNamespace,
 		Snapshotter: o.snapshotter,
 		CacheDir:    filepath.Join(o.stateDir, "images"),
 		Logger:      log,
 	})
 
-	providers := map[string]vmm.Provider{}
-	q, err := qemu.New(qemu.Options{Binary: o.qemuBinary, Accel: o.qemuAccel, Logger: log})
+	providers, err := newProviders(o, log)
 	if err != nil {
 		return err
 	}
-	providers[q.Name()] = q
-	if _, ok := providers[o.defaultProvider]; !ok {
-		return fmt.Errorf("--default-provider: %q is not a provider of this build", o.defaultProvider)
+	names := sortedNames(providers)
+	metadataService, err := newMetadataService(o, log)
+	if err != nil {
+		return err
 	}
-	names := make([]string, 0, len(providers))
-	for n := range providers {
-		names = append(names, n)
+	var metadata reconcile.MetadataService // stays a nil interface when off
+	if metadataService != nil {
+		defer metadataService.Close()
+		metadata = metadataService
 	}
 
 	reg := prometheus.NewRegistry()
@@ -197,6 +226,7 @@ func run(ctx context.Context, o *options) error {
 		Images:         imgs,
 		Network:        network.New(network.Options{DefaultBridge: o.bridgeName, ParentInterface: o.parentInterface}),
 		Providers:      providers,
+		Metadata:       metadata,
 		StateDir:       o.stateDir,
 		Workers:        o.workers,
 		MaxRetries:     o.maxRetries,
@@ -204,6 +234,7 @@ func run(ctx context.Context, o *options) error {
 		ResyncPeriod:   o.resyncPeriod,
 		StopTimeout:    o.stopTimeout,
 		StartPaused:    o.startPaused,
+		AfterStep:      crashHook(o.vmm.crashAfterStep, log),
 		Logger:         log,
 		Registerer:     reg,
 	})
@@ -214,11 +245,13 @@ func run(ctx context.Context, o *options) error {
 		Store:           db,
 		Queue:           rec,
 		Providers:       names,
+		Admit:           rec.Admit,
 		DefaultProvider: o.defaultProvider,
 		Token:           token,
 		Registerer:      reg,
 		Logger:          log,
 		MaxRecvBytes:    o.maxRecvBytes,
+		Capacity:        o.capacity,
 	})
 	if err != nil {
 		return err

@@ -59,6 +59,11 @@ type Options struct {
 	// PlainHTTP lists registry hosts ("host:port") reached over plain
 	// HTTP. Loopback registries (localhost, 127.0.0.0/8, ::1) always are.
 	PlainHTTP []string
+	// Resolver, when set, returns the registry resolver of one pull:
+	// credentials, mirrors and TLS per registry host (see
+	// internal/registryauth). PlainHTTP is then unused. When nil, pulls
+	// are anonymous.
+	Resolver func(ctx context.Context) remotes.Resolver
 	// CacheDir keeps files copied out of images (kernel, initrd), one
 	// folder per unpacked image, so later copies are hard links. Empty
 	// disables the cache. Keep it on the same filesystem as the VM folders
@@ -234,7 +239,7 @@ func (s *Service) Pull(ctx context.Context, ref string) (Image, error) {
 	_, err = s.client.Pull(ctx, name,
 		client.WithPullUnpack,
 		client.WithPullSnapshotter(sn),
-		client.WithResolver(s.resolver()),
+		client.WithResolver(s.resolver(ctx)),
 		client.WithPlatformMatcher(s.platform),
 	)
 	if err != nil {
@@ -345,9 +350,12 @@ func (s *Service) RemoveImage(ctx context.Context, ref string) error {
 	return nil
 }
 
-// resolver returns a registry resolver using plain HTTP for loopback hosts
-// and Options.PlainHTTP.
-func (s *Service) resolver() remotes.Resolver {
+// resolver returns Options.Resolver's resolver, or else an anonymous one
+// using plain HTTP for loopback hosts and Options.PlainHTTP.
+func (s *Service) resolver(ctx context.Context) remotes.Resolver {
+	if s.opts.Resolver != nil {
+		return s.opts.Resolver(ctx)
+	}
 	return docker.NewResolver(docker.ResolverOptions{
 		Hosts: docker.ConfigureDefaultRegistries(
 			docker.WithPlainHTTP(s.plainHTTP),

@@ -22,15 +22,16 @@ import (
 
 // Failure reasons recorded in MicroVMStatus.failure_reason.
 const (
-	ReasonKernel     = "KernelFailed"
-	ReasonInitrd     = "InitrdFailed"
-	ReasonVolume     = "VolumeFailed"
-	ReasonMetadata   = "MetadataFailed"
-	ReasonNetwork    = "NetworkFailed"
-	ReasonVMMStart   = "VMMStartFailed"
-	ReasonVMMExited  = "VMMExited"
-	ReasonProvider   = "ProviderUnavailable"
-	ReasonRetriesOut = "RetriesExhausted"
+	ReasonKernel      = "KernelFailed"
+	ReasonInitrd      = "InitrdFailed"
+	ReasonVolume      = "VolumeFailed"
+	ReasonMetadata    = "MetadataFailed"
+	ReasonNetwork     = "NetworkFailed"
+	ReasonVMMStart    = "VMMStartFailed"
+	ReasonVMMExited   = "VMMExited"
+	ReasonProvider    = "ProviderUnavailable"
+	ReasonUnsupported = "UnsupportedFeature"
+	ReasonRetriesOut  = "RetriesExhausted"
 )
 
 // Files of a VM's folder.
@@ -49,8 +50,15 @@ func (r *Reconciler) create(ctx context.Context, log *slog.Logger, vm *types.Mic
 	if !ok {
 		return false, r.fail(ctx, log, vm, ReasonProvider, fmt.Errorf("provider %q is not available on this host", spec.GetProvider()))
 	}
+	if err := checkCapabilities(p, spec); err != nil {
+		return false, r.fail(ctx, log, vm, ReasonUnsupported, err)
+	}
 	b := &builder{r: r, vm: vm, dir: r.vmDir(spec), provider: p}
-	err := runPlan(ctx, b.plan())
+	var after func(string)
+	if r.cfg.AfterStep != nil {
+		after = func(step string) { r.cfg.AfterStep(uid, step) }
+	}
+	err := runPlan(ctx, b.plan(), after)
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, ctx.Err()
@@ -102,6 +110,7 @@ type builder struct {
 	leaseCtx  context.Context // ctx carrying the VM's containerd lease, once taken
 	vmmStatus vmm.Status
 	devices   map[string]*types.NetworkInterfaceStatus
+	docs      map[string][]byte // the cloud-init documents, once built
 }
 
 func (b *builder) path(name string) string { return filepath.Join(b.dir, name) }
@@ -134,7 +143,7 @@ func (b *builder) plan() []step {
 		name: "kernel", reason: ReasonKernel,
 		needed: func(context.Context) (bool, error) { return missing(b.path(kernelFile)) },
 		do: func(ctx context.Context) error {
-			return b.copyFromImage(ctx, spec.GetKernel().GetImage(), spec.GetKernel().GetFilename(), b.path(kernelFile), b.r.cfg.Images.CopyKernel)
+			return b.copyFromImage(ctx, spec.GetKernel().GetImage(), spec.GetKernel().GetFilename(), b.path(kernelFile), b.copyKernel)
 		},
 	}}
 	if spec.Initrd != nil {
@@ -147,6 +156,9 @@ func (b *builder) plan() []step {
 		})
 	}
 	for _, v := range b.volumes() {
+		if isShared(v) {
+			continue // a host folder: nothing to build
+		}
 		steps = append(steps, step{
 			name: "volume " + v.GetId(), reason: ReasonVolume,
 			needed: func(context.Context) (bool, error) { return missing(b.volumePath(v.GetId())) },
@@ -160,6 +172,11 @@ func (b *builder) plan() []step {
 		name: "cloud-init data", reason: ReasonMetadata,
 		needed: func(context.Context) (bool, error) { return missing(b.path(cidataFile)) },
 		do:     b.writeCIData,
+	}, step{
+		// Every pass: a restarted flintlockd's metadata service starts
+		// empty, and registering again only replaces the data.
+		name: "metadata service", reason: ReasonMetadata,
+		do: b.registerMetadata,
 	}, step{
 		name: "vmm", reason: ReasonVMMStart,
 		needed: b.vmmNeeded,
@@ -194,12 +211,30 @@ func (b *builder) copyFromImage(ctx context.Context, ref, filename, dst string, 
 	return err
 }
 
+// uncompressedKernelPaths are tried, in order, for a provider that boots
+// only an uncompressed kernel when the spec names no file.
+var uncompressedKernelPaths = []string{"boot/vmlinux", "vmlinux"}
+
+// kernelPaths are the paths of the kernel in its image, tried in order: the
+// file the spec names, else the image's defaults, where providers that boot
+// only an uncompressed ELF vmlinux get boot/vmlinux (the provider checks
+// the format when it starts).
+func kernelPaths(filename string, caps vmm.Capabilities) []string {
+	switch {
+	case filename != "":
+		return []string{filename}
+	case caps.UncompressedKernel:
+		return uncompressedKernelPaths
+	}
+	return images.KernelPaths
+}
+
+func (b *builder) copyKernel(ctx context.Context, uid string, img images.Image, filename, dst string) (string, error) {
+	return b.r.cfg.Images.CopyFirst(ctx, uid, img, kernelPaths(filename, b.provider.Capabilities()), dst)
+}
+
 func (b *builder) buildVolume(ctx context.Context, v *types.Volume) error {
 	src := v.GetSource()
-	if src.GetVirtiofsSource() != "" {
-		return permanent(fmt.Errorf("volume %q: virtiofs_source: %w: provider %q does not support virtio-fs host folders",
-			v.GetId(), errdefs.ErrFailedPrecondition, b.provider.Name()))
-	}
 	lctx, err := b.leased(ctx)
 	if err != nil {
 		return err
@@ -217,9 +252,14 @@ func (b *builder) buildVolume(ctx context.Context, v *types.Volume) error {
 	})
 }
 
-// writeCIData writes the NoCloud disk. Interfaces get the guest MACs chosen
-// for them, so a generated network-config can match them.
-func (b *builder) writeCIData(context.Context) error {
+// documents are the VM's cloud-init documents, as the NoCloud disk, the
+// metadata service and the VMM's own metadata store (Firecracker's MMDS)
+// serve them. Interfaces get the guest MACs chosen for them, so a
+// generated network-config matches them: call after ensureInterfaces.
+func (b *builder) documents() (map[string][]byte, error) {
+	if b.docs != nil {
+		return b.docs, nil
+	}
 	spec := proto.CloneOf(b.vm.Spec)
 	for _, iface := range spec.GetInterfaces() {
 		if d := b.devices[iface.GetDeviceId()]; d != nil && iface.GetGuestMac() == "" {
@@ -228,9 +268,46 @@ func (b *builder) writeCIData(context.Context) error {
 	}
 	docs, err := metadata.Documents(spec)
 	if err != nil {
-		return permanent(err)
+		return nil, permanent(err)
+	}
+	b.docs = docs
+	return docs, nil
+}
+
+// writeCIData writes the NoCloud disk.
+func (b *builder) writeCIData(context.Context) error {
+	docs, err := b.documents()
+	if err != nil {
+		return err
 	}
 	return metadata.WriteCIDataDisk(docs, b.path(cidataFile))
+}
+
+// registerMetadata registers the VM's TAP devices and documents with the
+// metadata service. A macvtap's traffic never reaches the host's stack:
+// VMs with only macvtaps (or none) keep the NoCloud disk alone.
+func (b *builder) registerMetadata(context.Context) error {
+	if b.r.cfg.Metadata == nil {
+		return nil
+	}
+	var taps []string
+	for _, iface := range b.vm.Spec.GetInterfaces() {
+		if d := b.devices[iface.GetDeviceId()]; d != nil && iface.GetType() != types.NetworkInterface_MACVTAP {
+			taps = append(taps, d.HostDeviceName)
+		}
+	}
+	if len(taps) == 0 {
+		return nil
+	}
+	docs, err := b.documents()
+	if err != nil {
+		return err
+	}
+	err = b.r.cfg.Metadata.Register(b.vm.Spec.GetUid(), taps, docs)
+	if errdefs.IsInvalidArgument(err) {
+		return permanent(err)
+	}
+	return err
 }
 
 func (b *builder) ensureInterfaces(ctx context.Context) error {
@@ -286,11 +363,21 @@ func (b *builder) startVMM(ctx context.Context) error {
 		KernelPath:  b.path(kernelFile),
 		Cmdline:     b.cmdline(),
 		StartPaused: b.r.cfg.StartPaused,
+		GuestAgent:  spec.GetAllowGuestAgent(),
 	}
 	if spec.Initrd != nil {
 		vm.InitrdPath = b.path(initrdFile)
 	}
+	docs, err := b.documents()
+	if err != nil {
+		return err
+	}
+	vm.Metadata = docs
 	for _, v := range b.volumes() {
+		if isShared(v) {
+			vm.SharedDirs = append(vm.SharedDirs, vmm.SharedDir{Tag: v.GetId(), HostPath: v.GetSource().GetVirtiofsSource(), ReadOnly: v.GetIsReadOnly()})
+			continue
+		}
 		vm.Disks = append(vm.Disks, vmm.Disk{ID: v.GetId(), Path: b.volumePath(v.GetId()), ReadOnly: v.GetIsReadOnly(), Format: "raw"})
 	}
 	vm.Disks = append(vm.Disks, vmm.Disk{ID: "cidata", Path: b.path(cidataFile), ReadOnly: true, Format: "raw"})
@@ -316,7 +403,13 @@ func (b *builder) startVMM(ctx context.Context) error {
 // spec's arguments, which replace defaults of the same key.
 func (b *builder) cmdline() string {
 	args := map[string]string{"console": "ttyS0", "reboot": "k", "panic": "1"}
-	if b.vm.Spec.GetRootVolume() != nil {
+	switch rv := b.vm.Spec.GetRootVolume(); {
+	case rv == nil:
+	case isShared(rv): // mounted by its virtio-fs tag
+		args["root"] = rv.GetId()
+		args["rootfstype"] = "virtiofs"
+		args["rw"] = ""
+	default:
 		args["root"] = "/dev/vda"
 		args["rw"] = ""
 	}
@@ -347,7 +440,11 @@ func (b *builder) fillStatus(st *types.MicroVMStatus) {
 	}
 	st.Volumes = map[string]*types.VolumeStatus{}
 	for _, v := range b.volumes() {
-		st.Volumes[v.GetId()] = &types.VolumeStatus{Mount: &types.Mount{Type: types.Mount_HOSTPATH, Source: b.volumePath(v.GetId())}}
+		src := b.volumePath(v.GetId())
+		if isShared(v) {
+			src = v.GetSource().GetVirtiofsSource()
+		}
+		st.Volumes[v.GetId()] = &types.VolumeStatus{Mount: &types.Mount{Type: types.Mount_HOSTPATH, Source: src}}
 	}
 	st.NetworkInterfaces = b.devices
 	st.VmmPid = int32(b.vmmStatus.Pid)

@@ -70,6 +70,12 @@ func (r *Reconciler) release(ctx context.Context, vm *types.MicroVM, keepConsole
 	} else if pidAlive(dir) {
 		errs = append(errs, fmt.Errorf("provider %q is not available to stop the vmm", spec.GetProvider()))
 	}
+	// Before its TAPs go: a new VM may get their names.
+	if r.cfg.Metadata != nil {
+		if err := r.cfg.Metadata.Unregister(uid); err != nil {
+			errs = append(errs, fmt.Errorf("unregistering from the metadata service: %w", err))
+		}
+	}
 	if r.cfg.Network != nil && len(spec.GetInterfaces()) > 0 {
 		if err := r.cfg.Network.Remove(ctx, uid, len(spec.GetInterfaces())); err != nil {
 			errs = append(errs, fmt.Errorf("removing network devices: %w", err))

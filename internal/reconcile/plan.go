@@ -42,7 +42,13 @@ func isPermanent(err error) bool {
 // runPlan runs steps in order: each is checked, done when needed, and
 // checked again to verify it took effect. Plans are built afresh for every
 // pass from the stored record, so they carry no state between passes.
-func runPlan(ctx context.Context, steps []step) error {
+// after, when not nil, is called with the name of every step that acted.
+func runPlan(ctx context.Context, steps []step, after func(step string)) error {
+	done := func(name string) {
+		if after != nil {
+			after(name)
+		}
+	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -51,6 +57,7 @@ func runPlan(ctx context.Context, steps []step) error {
 			if err := s.do(ctx); err != nil {
 				return &stepError{s.name, s.reason, err}
 			}
+			done(s.name)
 			continue
 		}
 		need, err := s.needed(ctx)
@@ -70,6 +77,7 @@ func runPlan(ctx context.Context, steps []step) error {
 		if err != nil {
 			return &stepError{s.name, s.reason, err}
 		}
+		done(s.name)
 	}
 	return nil
 }

@@ -30,7 +30,7 @@ func TestRunPlan(t *testing.T) {
 	}
 
 	log = nil
-	if err := runPlan(ctx, []step{mk("a", true, nil, true), mk("b", false, nil, true), mk("c", false, nil, true)}); err != nil {
+	if err := runPlan(ctx, []step{mk("a", true, nil, true), mk("b", false, nil, true), mk("c", false, nil, true)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(log, ",") != "b,c" {
@@ -39,7 +39,7 @@ func TestRunPlan(t *testing.T) {
 
 	log = nil
 	boom := errors.New("boom")
-	err := runPlan(ctx, []step{mk("a", false, boom, true), mk("b", false, nil, true)})
+	err := runPlan(ctx, []step{mk("a", false, boom, true), mk("b", false, nil, true)}, nil)
 	var se *stepError
 	if !errors.As(err, &se) || se.reason != "R-a" || !errors.Is(err, boom) {
 		t.Fatalf("failed step: %v", err)
@@ -49,7 +49,7 @@ func TestRunPlan(t *testing.T) {
 	}
 
 	// A step whose do reports success but changes nothing fails verification.
-	err = runPlan(ctx, []step{mk("v", false, nil, false)})
+	err = runPlan(ctx, []step{mk("v", false, nil, false)}, nil)
 	if err == nil || !strings.Contains(err.Error(), "did not take effect") {
 		t.Fatalf("unverified step: %v", err)
 	}

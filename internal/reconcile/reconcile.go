@@ -35,6 +35,10 @@ type Config struct {
 	Images    *images.Service
 	Network   *network.Manager
 	Providers map[string]vmm.Provider
+	// Metadata, when set, serves each VM with TAP interfaces its documents
+	// over the network; VMs are registered on every pass and unregistered
+	// when they are deleted or fail.
+	Metadata MetadataService
 	// StateDir holds the VMs' folders under vm/<namespace>/<name>/<uid>.
 	StateDir string
 	// Workers is the number of VMs reconciled at once.
@@ -50,8 +54,11 @@ type Config struct {
 	// StartPaused starts VMMs with the guest stopped (benchmarks use it to
 	// keep the guest's boot out of the create figure).
 	StartPaused bool
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
+	// AfterStep, when set, is called after each step of a create plan
+	// that ran and took effect (fault injection for crash tests).
+	AfterStep  func(uid, step string)
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Reconciler reconciles microVMs.

@@ -11,15 +11,17 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	hostv1 "github.com/liquidmetal-go/liquidmetal/api/services/host/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
 )
 
-// Gateway returns the HTTP/JSON gateway of the MicroVM service:
+// Gateway returns the HTTP/JSON gateway of the MicroVM and host services:
 //
 //	POST   /v1alpha1/microvm             body: the MicroVMSpec
 //	GET    /v1alpha1/microvm/{uid}
 //	DELETE /v1alpha1/microvm/{uid}
 //	GET    /v1alpha1/microvms[/{namespace}]?name=&label_selector=
+//	GET    /v1alpha1/host/capacity
 //
 // JSON is grpc-gateway's default, as upstream flintlock serves it: field
 // names in lowerCamelCase (protojson), unpopulated fields included; requests
@@ -34,6 +36,9 @@ func (s *Server) Gateway() (http.Handler, error) {
 	mux := runtime.NewServeMux()
 	if err := v1alpha1.RegisterMicroVMHandlerServer(context.Background(), mux, gatewayService{s: s}); err != nil {
 		return nil, fmt.Errorf("register gateway: %w", err)
+	}
+	if err := hostv1.RegisterHostServiceHandlerServer(context.Background(), mux, hostGateway{h: s.host}); err != nil {
+		return nil, fmt.Errorf("register host gateway: %w", err)
 	}
 	limit := int64(s.maxRecv)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -1,8 +1,8 @@
-// Package server owns flintlockd's API edge: the gRPC MicroVM service (and
-// its HTTP/JSON gateway), authentication, TLS, request metrics, and the
-// conversion of internal errors to gRPC status codes. It stays thin: it
-// applies defaults and validation, writes the record to the store and hands
-// the uid to the reconciler through Queue.
+// Package server owns flintlockd's API edge: the gRPC MicroVM service and
+// the host capacity service (and their HTTP/JSON gateway), authentication,
+// TLS, request metrics, and the conversion of internal errors to gRPC
+// status codes. It stays thin: it applies defaults and validation, writes
+// the record to the store and hands the uid to the reconciler through Queue.
 package server
 
 import (
@@ -20,7 +20,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	hostv1 "github.com/liquidmetal-go/liquidmetal/api/services/host/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
+	"github.com/liquidmetal-go/liquidmetal/api/types"
 	"github.com/liquidmetal-go/liquidmetal/internal/store"
 )
 
@@ -42,6 +44,10 @@ type Config struct {
 	Providers []string
 	// DefaultProvider is used when a spec names none.
 	DefaultProvider string
+	// Admit, when set, checks a valid spec (defaults applied) against
+	// what this host can run, before it is stored: e.g. a feature its
+	// provider lacks is errdefs.ErrFailedPrecondition.
+	Admit func(spec *types.MicroVMSpec) error
 	// Token enables authentication when set: every call must carry
 	// "authorization: Basic base64(Token)".
 	Token string
@@ -52,6 +58,8 @@ type Config struct {
 	// MaxRecvBytes bounds one request message (gRPC) or body (HTTP);
 	// larger requests get ResourceExhausted. 0 means DefaultMaxRecvBytes.
 	MaxRecvBytes int
+	// Capacity sets the host capacity the host service reports.
+	Capacity CapacityConfig
 }
 
 // Server implements the v1alpha1 MicroVM service.
@@ -62,8 +70,10 @@ type Server struct {
 	queue           Queue
 	providers       []string
 	defaultProvider string
+	admit           func(*types.MicroVMSpec) error
 	log             *slog.Logger
 	maxRecv         int
+	host            *hostService
 
 	unary  []grpc.UnaryServerInterceptor
 	stream []grpc.StreamServerInterceptor
@@ -100,10 +110,14 @@ func New(cfg Config) (*Server, error) {
 		queue:           cfg.Queue,
 		providers:       cfg.Providers,
 		defaultProvider: cfg.DefaultProvider,
+		admit:           cfg.Admit,
 		log:             cfg.Logger,
 		maxRecv:         cfg.MaxRecvBytes,
 		entropy:         &ulid.LockedMonotonicReader{MonotonicReader: ulid.Monotonic(rand.Reader, 0)},
 		now:             time.Now,
+	}
+	if s.host, err = newHostService(s, cfg.Capacity); err != nil {
+		return nil, err
 	}
 	// Outermost first: metrics see every outcome, including refused
 	// authentication and recovered panics.
@@ -116,9 +130,9 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// GRPCServer returns a gRPC server with the MicroVM, health and reflection
-// services registered and the server's interceptors installed. creds may be
-// nil for plaintext (see TLSConfig); opts are appended.
+// GRPCServer returns a gRPC server with the MicroVM, host, health and
+// reflection services registered and the server's interceptors installed.
+// creds may be nil for plaintext (see TLSConfig); opts are appended.
 func (s *Server) GRPCServer(creds credentials.TransportCredentials, opts ...grpc.ServerOption) *grpc.Server {
 	all := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.maxRecv),
@@ -130,10 +144,12 @@ func (s *Server) GRPCServer(creds credentials.TransportCredentials, opts ...grpc
 	}
 	gs := grpc.NewServer(append(all, opts...)...)
 	v1alpha1.RegisterMicroVMServer(gs, s)
+	hostv1.RegisterHostServiceServer(gs, s.host)
 
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(v1alpha1.MicroVM_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(hostv1.HostService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	return gs

@@ -82,6 +82,11 @@ func (s *Server) create(ctx context.Context, req *v1alpha1.CreateMicroVMRequest)
 	if err := validate.CreateMicroVMRequest(req, s.providers); err != nil {
 		return nil, err
 	}
+	if s.admit != nil {
+		if err := s.admit(spec); err != nil {
+			return nil, err
+		}
+	}
 	uid, err := s.newUID()
 	if err != nil {
 		return nil, err

@@ -134,6 +134,12 @@ type qemuDisk struct {
 // is killed when the test ends.
 func bootQEMU(t *testing.T, kernel, initrd, cmdline string, disks ...qemuDisk) string {
 	t.Helper()
+	return bootQEMUWith(t, kernel, initrd, cmdline, nil, disks...)
+}
+
+// bootQEMUWith is bootQEMU with extra QEMU arguments (network devices).
+func bootQEMUWith(t *testing.T, kernel, initrd, cmdline string, extra []string, disks ...qemuDisk) string {
+	t.Helper()
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		t.Skipf("SKIP: qemu-system-x86_64 not installed (Debian qemu-system-x86): %v", err)
@@ -154,6 +160,7 @@ func bootQEMU(t *testing.T, kernel, initrd, cmdline string, disks ...qemuDisk) s
 		}
 		args = append(args, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=d%d", i))
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(qemu, args...)
 	out, err := os.Create(filepath.Join(dir, "qemu.log"))
 	if err != nil {

@@ -10,7 +10,8 @@
 #
 # As the guest it mounts the cloud-init NoCloud disk (label cidata or
 # CIDATA, iso9660 or vfat), prints "LIQUIDMETAL-GUEST: booted", prints each
-# metadata document between "--- NAME ---" and "--- end NAME ---" lines, runs
+# metadata document between "--- NAME ---" and "--- end NAME ---" lines,
+# applies network-config (netplan v2, see apply_network_config), runs
 # user-data when it starts with "#!", and then stays up.
 
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -140,6 +141,193 @@ print_doc() { # print_doc NAME FILE
 	echo "--- end $1 ---"
 }
 
+# netplan_flat FILE: flattens the netplan v2 YAML subset cloud-init's
+# network-config uses (block mappings and lists, flow lists, quotes,
+# comments) into PATH=VALUE lines, e.g.
+#   ethernets.eth0.match.macaddress=02:00:00:00:00:01
+#   ethernets.eth0.addresses[]=10.0.0.5/24
+#   ethernets.eth0.routes[0].via=10.0.0.1
+# A top-level "network:" wrapper is dropped.
+netplan_flat() {
+	awk '
+	function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s); return s }
+	function unq(s) {
+		s = trim(s)
+		if (s ~ /^".*"$/ || s ~ /^\047.*\047$/) s = substr(s, 2, length(s) - 2)
+		return s
+	}
+	function path(   p, i) {
+		p = ""
+		for (i = 1; i <= n; i++) p = p (name[i] ~ /^\[/ || p == "" ? "" : ".") name[i]
+		return p
+	}
+	function emit(p, v,   parts, c, i) {
+		sub(/^network\./, "", p)
+		v = trim(v)
+		if (v ~ /^\[.*\]$/) {
+			c = split(substr(v, 2, length(v) - 2), parts, ",")
+			for (i = 1; i <= c; i++) if (trim(parts[i]) != "") print p "[]=" unq(parts[i])
+			return
+		}
+		print p "=" unq(v)
+	}
+	function key_line(ind, body,   k, v, c, p) {
+		while (n > 0 && indent[n] >= ind) n--
+		c = index(body, ": ")
+		if (c == 0 && body ~ /:$/) c = length(body)
+		if (c == 0) return
+		k = unq(substr(body, 1, c - 1))
+		v = trim(substr(body, c + 1))
+		if (v == "") { n++; indent[n] = ind; name[n] = k; item[n] = 0; return }
+		p = path()
+		emit(p (p == "" ? "" : ".") k, v)
+	}
+	{
+		line = $0
+		if (line ~ /^[ \t]*#/ || line ~ /^[ \t]*$/ || line ~ /^(---|\.\.\.)/) next
+		sub(/[ \t]+#.*$/, "", line)
+		match(line, /^ */)
+		ind = RLENGTH
+		body = substr(line, ind + 1)
+		if (body !~ /^-( |$)/) { key_line(ind, body); next }
+		while (n > 0 && (indent[n] > ind || (indent[n] == ind && item[n]))) n--
+		body = trim(substr(body, 2))
+		p = path()
+		if (body == "" || body ~ /^[^"\047\[][^:]*:( |$)/) {
+			n++; indent[n] = ind; name[n] = "[" cnt[p]++ "]"; item[n] = 1
+			if (body != "") key_line(ind + 2, body)
+			next
+		}
+		emit(p "[]", body)
+	}' "$1"
+}
+
+# write_udhcpc_script PATH: the udhcpc event script, which sets the leased
+# address, the default route and resolv.conf, and reports on the console.
+write_udhcpc_script() {
+	cat >"$1" <<'EOF'
+#!/bin/sh
+case "$1" in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set dev "$interface" up
+	;;
+bound | renew)
+	case "$mask" in *.*) mask=$(ipcalc -p "$ip" "$mask" | sed 's/.*=//') ;; esac
+	if [ "$(ip -4 -o addr show dev "$interface" | awk '{print $4}')" != "$ip/$mask" ]; then
+		ip -4 addr flush dev "$interface"
+		ip addr add "$ip/$mask" broadcast + dev "$interface"
+	fi
+	if [ -n "$router" ]; then
+		while ip route del default dev "$interface" 2>/dev/null; do :; done
+		# Metric 1024 (as systemd-networkd's DHCP routes): a static default
+		# route of network-config, metric 0, stays preferred.
+		for r in $router; do ip route add default via "$r" dev "$interface" metric 1024 && break; done
+	fi
+	# Name servers and search domain are added to what is there (the
+	# static ones of network-config).
+	[ -n "$domain" ] && ! grep -qs "^search $domain\$" /etc/resolv.conf &&
+		echo "search $domain" >>/etc/resolv.conf
+	for d in $dns; do
+		grep -qs "^nameserver $d\$" /etc/resolv.conf || echo "nameserver $d" >>/etc/resolv.conf
+	done
+	echo "LIQUIDMETAL-GUEST: dhcp $interface $1 $ip/$mask router ${router:-none}"
+	;;
+leasefail | nak)
+	echo "LIQUIDMETAL-GUEST: dhcp $interface $1"
+	;;
+esac
+exit 0
+EOF
+	chmod 0755 "$1"
+}
+
+# nic_by_mac MAC: the interface whose address is MAC (any case).
+nic_by_mac() {
+	local want l
+	want=$(echo "$1" | tr 'A-F' 'a-f')
+	for l in /sys/class/net/*; do
+		[ "$(cat "$l/address" 2>/dev/null)" = "$want" ] && { echo "${l##*/}"; return 0; }
+	done
+	return 1
+}
+
+truthy() { case "$1" in true | True | TRUE | yes | on) return 0 ;; esac; return 1; }
+
+# apply_network_config FILE: configures the ethernets of a netplan v2
+# network-config: each is matched by match.macaddress (else match.name, else
+# its key), optionally renamed (set-name), given its mtu, static addresses,
+# gateway4/gateway6, routes and name servers, and with dhcp4 a busybox
+# udhcpc client. Every interface reports one "LIQUIDMETAL-GUEST: net" line.
+apply_network_config() {
+	local flat resolv dhcp key mac i dev n new mtu how a g r to via metric s
+	flat=/run/liquidmetal/network-config.flat
+	dhcp=""
+	mkdir -p /run/liquidmetal
+	netplan_flat "$1" >"$flat" || return 1
+	val() { awk -v p="ethernets.$key.$1=" 'index($0, p) == 1 { print substr($0, length(p) + 1) }' "$flat"; }
+	resolv=""
+	for key in $(awk -F. '/^ethernets\./ { k = $2; sub(/=.*/, "", k); sub(/\[.*/, "", k); print k }' "$flat" | sort -u); do
+		mac=$(val match.macaddress)
+		i=0
+		dev=""
+		while [ -z "$dev" ] && [ "$i" -lt 50 ]; do
+			if [ -n "$mac" ]; then
+				dev=$(nic_by_mac "$mac")
+			else
+				n=$(val match.name)
+				[ -e "/sys/class/net/${n:-$key}" ] && dev=${n:-$key}
+			fi
+			[ -n "$dev" ] || { sleep 0.1; i=$((i + 1)); }
+		done
+		if [ -z "$dev" ]; then
+			echo "LIQUIDMETAL-GUEST: net $key: no interface ${mac:+with MAC $mac}"
+			continue
+		fi
+		new=$(val set-name)
+		if [ -n "$new" ] && [ "$new" != "$dev" ]; then
+			ip link set dev "$dev" down
+			ip link set dev "$dev" name "$new" && dev=$new
+		fi
+		mtu=$(val mtu)
+		[ -n "$mtu" ] && ip link set dev "$dev" mtu "$mtu"
+		ip link set dev "$dev" up
+		how=""
+		for a in $(val 'addresses[]'); do
+			ip addr add "$a" dev "$dev" && how="$how static $a"
+		done
+		for g in $(val gateway4) $(val gateway6); do
+			ip route add default via "$g" dev "$dev"
+		done
+		r=0
+		while to=$(val "routes[$r].to") && via=$(val "routes[$r].via") && [ -n "$to$via" ]; do
+			metric=$(val "routes[$r].metric")
+			# shellcheck disable=SC2086
+			ip route add "$to" ${via:+via "$via"} dev "$dev" ${metric:+metric "$metric"} ||
+				echo "LIQUIDMETAL-GUEST: net $dev: route $to via $via failed"
+			r=$((r + 1))
+		done
+		for s in $(val 'nameservers.search[]'); do resolv="${resolv}search $s
+"; done
+		for s in $(val 'nameservers.addresses[]'); do resolv="${resolv}nameserver $s
+"; done
+		if truthy "$(val dhcp4)"; then
+			how="$how dhcp4"
+			dhcp="$dhcp $dev"
+		fi
+		echo "LIQUIDMETAL-GUEST: net $dev ${mac:-$key}${how:- no address}"
+	done
+	[ -n "$resolv" ] && printf '%s' "$resolv" >/etc/resolv.conf 2>/dev/null
+	[ -n "$dhcp" ] && write_udhcpc_script /run/liquidmetal/udhcpc.sh
+	for dev in $dhcp; do
+		# Up to 10 discovers a second apart, then carry on in the
+		# background; -R releases the lease when udhcpc is stopped.
+		udhcpc -i "$dev" -s /run/liquidmetal/udhcpc.sh -t 10 -T 1 -b -R \
+			-p "/run/liquidmetal/udhcpc.$dev.pid" -x "hostname:$(hostname)"
+	done
+	return 0
+}
+
 guest_main() {
 	say "running as the guest (kernel $(uname -r))"
 	ip link set lo up 2>/dev/null
@@ -168,6 +356,10 @@ guest_main() {
 		for f in meta-data user-data vendor-data network-config; do
 			[ -f "$md/$f" ] && print_doc "$f" "$md/$f"
 		done
+		if [ -f "$md/network-config" ]; then
+			apply_network_config "$md/network-config"
+			echo "LIQUIDMETAL-GUEST: network configured"
+		fi
 		if [ -f "$md/user-data" ] && [ "$(head -c 2 "$md/user-data")" = "#!" ]; then
 			cp "$md/user-data" /run/user-data
 			chmod 0755 /run/user-data

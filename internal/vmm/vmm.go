@@ -48,7 +48,36 @@ type VM struct {
 	Nets  []NetDevice
 	// StartPaused starts the VMM with the guest CPUs stopped; Resume runs it.
 	StartPaused bool
+	// Metadata are the cloud-init documents (meta-data, user-data,
+	// vendor-data, network-config, ...) by file name. Providers with a
+	// metadata service (Firecracker's MMDS) serve them to the guest too;
+	// the cidata disk carries them for every provider.
+	Metadata map[string][]byte
+	// GuestAgent gives the guest a vsock device (CID GuestAgentCID) for a
+	// guest agent (MicroVMSpec.allow_guest_agent). Its host end is the
+	// unix socket GuestAgentSocket in Dir, where a host process connects
+	// and writes "CONNECT <port>\n" to reach a guest port.
+	GuestAgent bool
+	// SharedDirs are host folders given to the guest over virtio-fs
+	// (volumes with a virtiofs_source); the guest mounts them by tag.
+	SharedDirs []SharedDir
 }
+
+// SharedDir is a host folder shared with the guest over virtio-fs.
+type SharedDir struct {
+	// Tag is the mount tag the guest uses (mount -t virtiofs <tag> <dir>).
+	Tag      string
+	HostPath string
+	ReadOnly bool
+}
+
+// The guest agent's vsock device.
+const (
+	// GuestAgentCID is the guest's vsock context id.
+	GuestAgentCID = 3
+	// GuestAgentSocket is the host end of the vsock device, in the VM folder.
+	GuestAgentSocket = "vsock.sock"
+)
 
 // State is what a provider observes of a VM's VMM process.
 type State string
@@ -81,6 +110,12 @@ type Capabilities struct {
 	VirtioFS bool
 	// MacVTap devices.
 	MacVTap bool
+	// GuestAgent: a vsock device for a guest agent (VM.GuestAgent).
+	GuestAgent bool
+	// UncompressedKernel: the VMM boots only an uncompressed ELF vmlinux
+	// (not a bzImage); the reconciler then prefers boot/vmlinux in a
+	// kernel image that names no file.
+	UncompressedKernel bool
 }
 
 // Provider runs microVMs with one VMM.

@@ -1,8 +1,19 @@
-// Package process owns the host-process plumbing VMM providers share: finding
-// a VMM process by its command line in /proc, telling live processes from
-// zombies, reading pid files, starting children detached from the daemon, and
-// waiting on or signalling processes through pidfds, which also works for
-// processes an earlier daemon started.
+// Package process owns the host side of VMM processes that every provider
+// (QEMU, Firecracker, Cloud Hypervisor) shares:
+//   - finding a process by its command line in /proc, telling live
+//     processes from zombies, reading pid files, starting children
+//     detached from the daemon, and waiting on or signalling processes
+//     through pidfds, which also works for processes an earlier daemon
+//     started;
+//   - a Supervisor that starts a provider's VMMs, finds them again by the
+//     VM uid on their command line (also after a restart of flintlockd),
+//     tells when they exit and stops them with escalation;
+//   - the files a VMM keeps in its VM folder (pid file, command line,
+//     console and VMM logs with the provider's notes, the exit reason read
+//     back from them), the folder lock that serialises a VM's starts and
+//     stops, and unix sockets of any path length;
+//   - Do, a one-request HTTP client over a unix socket that can pass file
+//     descriptors along (SCM_RIGHTS), for the VMMs with a REST API.
 package process
 
 import (

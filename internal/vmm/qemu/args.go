@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
 )
 
 // launch is everything one QEMU command line is made of.
@@ -53,10 +54,10 @@ func buildArgs(l launch) []string {
 		args = append(args, "-S")
 	}
 	args = append(args,
-		"-pidfile", filepath.Join(vm.Dir, pidFile),
+		"-pidfile", filepath.Join(vm.Dir, process.PidFile),
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d,server=on,wait=off", l.qmpFD),
 		"-mon", "chardev=qmp,mode=control",
-		"-chardev", "file,id=console,path="+optEscape(filepath.Join(vm.Dir, consoleFile))+",append=on",
+		"-chardev", "file,id=console,path="+optEscape(filepath.Join(vm.Dir, process.ConsoleFile))+",append=on",
 		"-serial", "chardev:console",
 		"-kernel", vm.KernelPath,
 	)
@@ -173,31 +174,4 @@ func argvUID(argv []string, binary string) string {
 		}
 	}
 	return ""
-}
-
-// shellSafe are arguments a shell reads back unchanged without quotes.
-var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_@%+=:,./-]+$`)
-
-// formatCmdline renders argv for operators as a shell command, one option
-// per line, after comment lines.
-func formatCmdline(argv []string, comments []string) string {
-	var b strings.Builder
-	for _, c := range comments {
-		b.WriteString("# " + c + "\n")
-	}
-	for i, a := range argv {
-		if !shellSafe.MatchString(a) {
-			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-		switch {
-		case i == 0:
-		case strings.HasPrefix(argv[i], "-"):
-			b.WriteString(" \\\n  ")
-		default:
-			b.WriteString(" ")
-		}
-		b.WriteString(a)
-	}
-	b.WriteString("\n")
-	return b.String()
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
 )
 
 // probeInit replaces the test root's /sbin/init: it lists the guest's
@@ -119,7 +120,7 @@ func TestDeviceOrder(t *testing.T) {
 	case <-time.After(150 * time.Second):
 		t.Fatal("the guest did not power off")
 	}
-	b, err := os.ReadFile(filepath.Join(vm.Dir, consoleFile))
+	b, err := os.ReadFile(filepath.Join(vm.Dir, process.ConsoleFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestDeviceOrder(t *testing.T) {
 		t.Fatalf("Status after guest power-off: %+v, %v", st, err)
 	}
 	// Read-only disks are read-only to QEMU.
-	if !fileContains(filepath.Join(vm.Dir, cmdlineFile), "data2.img,format=raw,if=none,readonly=on") {
+	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "data2.img,format=raw,if=none,readonly=on") {
 		t.Error("vmm.cmdline lacks the read-only drive")
 	}
 }

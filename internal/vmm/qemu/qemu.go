@@ -3,12 +3,13 @@
 // controls it over QMP.
 //
 // A VMM process is a child started in a session of its own (not
-// -daemonize): flintlockd knows its pid at once, reaps it and reads its exit
-// status while it lives, and the process survives a restart of the daemon
-// (under systemd, the unit needs KillMode=process). A restarted daemon finds
-// its VMMs again by the uid marker in their command line (-name
-// guest=<uid>), through the pid file or, when that is missing, a scan of
-// /proc, and waits on them through pidfds.
+// -daemonize) by a process.Supervisor: flintlockd knows its pid at once,
+// reaps it and reads its exit status while it lives, and the process
+// survives a restart of the daemon (under systemd, the unit needs
+// KillMode=process). A restarted daemon finds its VMMs again by the uid
+// marker in their command line (-name guest=<uid>), through the pid file
+// or, when that is missing, a scan of /proc, and waits on them through
+// pidfds.
 //
 // Files in the VM folder: vmm.cmdline (the command line, for operators; its
 // presence also means a VMM was started there), vmm.pid (written by QEMU),
@@ -27,7 +28,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -67,34 +67,10 @@ type Provider struct {
 	binary string
 	log    *slog.Logger
 	tscKHz func() int
+	sup    *process.Supervisor
 
-	mu       sync.Mutex
-	children map[string]*child // uid -> the latest VMM this provider started
-	watches  map[int]*watch    // pid -> exit watcher shared by Wait callers
-	probes   map[probeKey]*probe
-}
-
-// child is a VMM process this provider started (and so reaps).
-type child struct {
-	pid   int
-	dir   string
-	done  chan struct{}    // closed once reaped
-	state *os.ProcessState // set before done closes
-}
-
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// watch is a pidfd watcher on a VMM an earlier daemon started.
-type watch struct {
-	uid  string
-	done chan struct{}
+	mu     sync.Mutex
+	probes map[probeKey]*probe
 }
 
 var _ vmm.Provider = (*Provider)(nil)
@@ -125,13 +101,16 @@ func New(opts Options) (*Provider, error) {
 		return nil, fmt.Errorf("qemu binary: %w", err)
 	}
 	p := &Provider{
-		opts:     opts,
-		binary:   bin,
-		log:      opts.Logger.With("provider", Name),
-		children: map[string]*child{},
-		watches:  map[int]*watch{},
-		probes:   map[probeKey]*probe{},
+		opts:   opts,
+		binary: bin,
+		log:    opts.Logger.With("provider", Name),
+		probes: map[probeKey]*probe{},
 	}
+	p.sup = process.NewSupervisor(process.SupervisorOptions{
+		UIDOf:            func(argv []string) string { return argvUID(argv, bin) },
+		VMMWritesPidFile: true, // -pidfile
+		Logger:           p.log,
+	})
 	p.tscKHz = sync.OnceValue(func() int {
 		if opts.TSCkHz > 0 {
 			return opts.TSCkHz
@@ -196,14 +175,14 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := validate(vm); err != nil {
 		return vmm.Status{}, err
 	}
-	unlock, err := lockDir(ctx, vm.Dir)
+	unlock, err := process.LockDir(ctx, vm.Dir)
 	if err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
 	defer unlock()
 
 	// Never a second VMM for one VM.
-	pid, err := p.find(vm.UID, vm.Dir)
+	pid, err := p.sup.Find(vm.UID, vm.Dir)
 	if err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
@@ -224,7 +203,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	// Descriptors QEMU inherits: ExtraFiles[i] is fd 3+i in the child. Our
 	// copies are closed once it runs.
 	sock := filepath.Join(vm.Dir, qmpSocket)
-	qmpL, err := listenUnix(sock)
+	qmpL, err := process.ListenUnix(sock)
 	if err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: qmp socket: %w", vm.UID, err)
 	}
@@ -251,21 +230,21 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	}
 	argv := buildArgs(l)
 
-	if err := os.WriteFile(filepath.Join(vm.Dir, cmdlineFile), []byte(formatCmdline(argv, comments)), 0o640); err != nil {
+	if err := os.WriteFile(filepath.Join(vm.Dir, process.CmdlineFile), []byte(process.FormatCmdline(argv, comments)), 0o640); err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
-	for _, name := range []string{consoleFile, logFile} {
-		if err := appendNote(filepath.Join(vm.Dir, name), "starting vmm"); err != nil {
+	for _, name := range []string{process.ConsoleFile, process.LogFile} {
+		if err := process.AppendNote(filepath.Join(vm.Dir, name), process.StartNote); err != nil {
 			return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 		}
 	}
-	logf, err := os.OpenFile(filepath.Join(vm.Dir, logFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	logf, err := process.OpenAppend(filepath.Join(vm.Dir, process.LogFile))
 	if err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
 	files = append(files, logf) // closed with the others; not in ExtraFiles
 	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: logf, Stderr: logf, ExtraFiles: files[:len(files)-1]}
-	err = process.StartDetached(cmd)
+	c, err := p.sup.Launch(vm.UID, vm.Dir, cmd)
 	// Our copies go now: with QEMU the only holder of the QMP socket, its
 	// exit fails our connection at once.
 	for _, f := range files {
@@ -275,11 +254,10 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
-	c := p.adopt(vm.UID, vm.Dir, cmd)
 	defer func() {
 		if err != nil { // never leave a half-started VMM behind
-			_ = cmd.Process.Kill()
-			<-c.done
+			_ = process.AppendNote(filepath.Join(vm.Dir, process.LogFile), "start failed: "+err.Error())
+			p.sup.Kill(c)
 		}
 	}()
 
@@ -289,30 +267,15 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	var qs qmpStatus
 	if qerr := qmpDo(rctx, sock, "query-status", nil, &qs); qerr != nil {
 		select {
-		case <-c.done:
-			return vmm.Status{}, fmt.Errorf("vm %q: qemu exited during start: %s", vm.UID, p.exited(vm.UID, vm.Dir).Reason)
+		case <-c.Done():
+			return vmm.Status{}, fmt.Errorf("vm %q: qemu exited during start: %s", vm.UID, p.sup.Exited(vm.UID, vm.Dir).Reason)
 		case <-time.After(100 * time.Millisecond):
 		}
-		return vmm.Status{}, fmt.Errorf("vm %q: qemu %d did not answer: %w", vm.UID, c.pid, qerr)
+		return vmm.Status{}, fmt.Errorf("vm %q: qemu %d did not answer: %w", vm.UID, c.Pid, qerr)
 	}
-	st := statusOf(c.pid, qs)
-	p.log.Info("vmm started", "uid", vm.UID, "pid", c.pid, "accel", accel.Accel, "state", st.State, "elapsed", time.Since(started))
+	st := statusOf(c.Pid, qs)
+	p.log.Info("vmm started", "uid", vm.UID, "pid", c.Pid, "accel", accel.Accel, "state", st.State, "elapsed", time.Since(started))
 	return st, nil
-}
-
-// adopt records a started child and reaps it when it exits.
-func (p *Provider) adopt(uid, dir string, cmd *exec.Cmd) *child {
-	c := &child{pid: cmd.Process.Pid, dir: dir, done: make(chan struct{})}
-	p.mu.Lock()
-	p.children[uid] = c
-	p.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		c.state = cmd.ProcessState
-		p.log.Info("vmm exited", "uid", uid, "pid", c.pid, "status", c.state.String())
-		close(c.done)
-	}()
-	return c
 }
 
 // statusOf maps query-status to a vmm.Status.
@@ -327,65 +290,14 @@ func statusOf(pid int, qs qmpStatus) vmm.Status {
 	return st
 }
 
-// ours reports whether pid is a live VMM of this VM.
-func (p *Provider) ours(pid int, uid string) bool {
-	if !process.Running(pid) {
-		return false
-	}
-	argv, err := process.Cmdline(pid)
-	return err == nil && argvUID(argv, p.binary) == uid
-}
-
-// find returns the pid of the VMM of VM uid, or 0 when none runs. The pid
-// file may be missing (QEMU writes it after start) or stale (a pid reused
-// since), so it is checked against the process and /proc is scanned when
-// it does not fit.
-func (p *Provider) find(uid, dir string) (int, error) {
-	// Our own unreaped child cannot have lost its pid to another process;
-	// this also covers the instant between fork and exec.
-	p.mu.Lock()
-	c := p.children[uid]
-	p.mu.Unlock()
-	if c != nil && c.dir == dir {
-		if !c.exited() && process.Running(c.pid) {
-			return c.pid, nil
-		}
-		if c.exited() {
-			// Starts are serialised per VM: the child we reaped was the
-			// last VMM of this VM.
-			return 0, nil
-		}
-	}
-	// Start writes the command line before it forks: without it, no VMM
-	// of ours ever ran in dir and /proc need not be scanned.
-	if _, err := os.Stat(filepath.Join(dir, cmdlineFile)); errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if pid, err := process.ReadPidFile(filepath.Join(dir, pidFile)); err == nil && p.ours(pid, uid) {
-		return pid, nil
-	}
-	pids, err := process.Find(func(argv []string) bool { return argvUID(argv, p.binary) == uid })
-	if err != nil {
-		return 0, err
-	}
-	switch len(pids) {
-	case 0:
-		return 0, nil
-	case 1:
-	default:
-		p.log.Error("several vmm processes for one vm", "uid", uid, "pids", pids)
-	}
-	return pids[0], nil
-}
-
 // Status implements vmm.Provider.
 func (p *Provider) Status(ctx context.Context, uid, dir string) (vmm.Status, error) {
-	pid, err := p.find(uid, dir)
+	pid, err := p.sup.Find(uid, dir)
 	if err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", uid, err)
 	}
 	if pid == 0 {
-		return p.exited(uid, dir), nil
+		return p.sup.Exited(uid, dir), nil
 	}
 	return p.status(ctx, uid, dir, pid)
 }
@@ -403,51 +315,15 @@ func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.St
 		return statusOf(pid, qs), nil
 	}
 	// QMP hangs up on a VMM that is exiting: give it a moment.
-	if p.waitExit(ctx, pid, uid, 500*time.Millisecond) {
-		return p.exited(uid, dir), nil
+	if p.sup.WaitExit(ctx, pid, uid, 500*time.Millisecond) {
+		return p.sup.Exited(uid, dir), nil
 	}
 	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: qemu %d: %w", uid, pid, err)
 }
 
-// waitExit waits up to d for VMM pid to exit and reports whether it has.
-func (p *Provider) waitExit(ctx context.Context, pid int, uid string, d time.Duration) bool {
-	h, err := process.Open(pid)
-	if err != nil {
-		return true
-	}
-	defer h.Close()
-	if !p.ours(pid, uid) {
-		return true
-	}
-	wctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	return h.Wait(wctx) == nil
-}
-
-// exited is the status of a VM whose VMM does not run.
-func (p *Provider) exited(uid, dir string) vmm.Status {
-	if _, err := os.Stat(filepath.Join(dir, cmdlineFile)); errors.Is(err, fs.ErrNotExist) {
-		return vmm.Status{State: vmm.StateNotStarted}
-	}
-	exit := ""
-	p.mu.Lock()
-	c := p.children[uid]
-	p.mu.Unlock()
-	if c != nil && c.dir == dir {
-		// The process is gone or a zombie: the reaper is about to finish.
-		select {
-		case <-c.done:
-			exit = c.state.String()
-		case <-time.After(time.Second):
-		}
-	}
-	reason := exitReason(lastRunLines(filepath.Join(dir, consoleFile)), lastRunLines(filepath.Join(dir, logFile)), exit)
-	return vmm.Status{State: vmm.StateExited, Reason: reason}
-}
-
 // Resume implements vmm.Provider.
 func (p *Provider) Resume(ctx context.Context, vm vmm.VM) error {
-	pid, err := p.find(vm.UID, vm.Dir)
+	pid, err := p.sup.Find(vm.UID, vm.Dir)
 	if err != nil {
 		return fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
@@ -462,14 +338,11 @@ func (p *Provider) Resume(ctx context.Context, vm vmm.VM) error {
 	return nil
 }
 
-// quitWait is how long Stop waits after QMP quit before SIGKILL.
-const quitWait = 3 * time.Second
-
 // Stop implements vmm.Provider: ACPI power button (system_powerdown) and up
 // to timeout for the guest to power off, then QMP quit, then SIGKILL. A
 // cancelled ctx skips to SIGKILL.
 func (p *Provider) Stop(ctx context.Context, uid, dir string, timeout time.Duration) error {
-	unlock, err := lockDir(ctx, dir)
+	unlock, err := process.LockDir(ctx, dir)
 	switch {
 	case err == nil:
 		defer unlock()
@@ -477,116 +350,17 @@ func (p *Provider) Stop(ctx context.Context, uid, dir string, timeout time.Durat
 	default:
 		return fmt.Errorf("vm %q: %w", uid, err)
 	}
-	pid, err := p.find(uid, dir)
-	if err != nil {
-		return fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if pid == 0 {
-		return nil
-	}
-	h, err := process.Open(pid)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("vm %q: %w", uid, err)
-	}
-	defer h.Close()
-	if !p.ours(pid, uid) { // exited between find and Open
-		return nil
-	}
-	log := p.log.With("uid", uid, "pid", pid)
 	sock := filepath.Join(dir, qmpSocket)
-	logPath := filepath.Join(dir, logFile)
-	waitFor := func(d time.Duration) bool {
-		wctx, cancel := context.WithTimeout(ctx, d)
-		defer cancel()
-		return h.Wait(wctx) == nil
+	qmp := func(cmd string) func(context.Context) error {
+		return func(ctx context.Context) error { return qmpDo(ctx, sock, cmd, nil, nil) }
 	}
-	qmp := func(cmd string) error {
-		_ = appendNote(logPath, "stop: "+cmd)
-		qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
-		defer cancel()
-		return qmpDo(qctx, sock, cmd, nil, nil)
-	}
-
-	stopped := false
-	if timeout > 0 {
-		if err := qmp("system_powerdown"); err != nil {
-			log.Info("vmm powerdown failed", "error", err)
-		} else {
-			stopped = waitFor(timeout)
-		}
-	}
-	if !stopped && ctx.Err() == nil {
-		if err := qmp("quit"); err != nil && !h.Exited() {
-			log.Info("vmm quit failed", "error", err)
-		}
-		stopped = waitFor(quitWait)
-	}
-	if !stopped {
-		_ = appendNote(logPath, "stop: SIGKILL")
-		if err := h.Signal(syscall.SIGKILL); err != nil {
-			return fmt.Errorf("vm %q: %w", uid, err)
-		}
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := h.Wait(kctx); err != nil {
-			return fmt.Errorf("vm %q: qemu %d survived SIGKILL: %w", uid, pid, err)
-		}
-	}
-	// When we are its parent, return once it is reaped: no zombie remains.
-	p.mu.Lock()
-	c := p.children[uid]
-	p.mu.Unlock()
-	if c != nil && c.pid == pid {
-		<-c.done
-	}
-	log.Info("vmm stopped")
-	return nil
+	return p.sup.Stop(ctx, uid, dir, timeout, process.StopSteps{
+		Graceful: qmp("system_powerdown"),
+		Quit:     qmp("quit"),
+	})
 }
 
 // Wait implements vmm.Provider.
 func (p *Provider) Wait(ctx context.Context, uid, dir string) (<-chan struct{}, error) {
-	pid, err := p.find(uid, dir)
-	if err != nil {
-		return nil, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	closed := make(chan struct{})
-	close(closed)
-	if pid == 0 {
-		return closed, nil
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if c := p.children[uid]; c != nil && c.pid == pid {
-		return c.done, nil
-	}
-	if w := p.watches[pid]; w != nil && w.uid == uid {
-		return w.done, nil
-	}
-	h, err := process.Open(pid)
-	if errdefs.IsNotFound(err) {
-		return closed, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if !p.ours(pid, uid) { // pid reused since find
-		h.Close()
-		return closed, nil
-	}
-	w := &watch{uid: uid, done: make(chan struct{})}
-	p.watches[pid] = w
-	go func() {
-		_ = h.Wait(context.Background())
-		h.Close()
-		p.mu.Lock()
-		if p.watches[pid] == w {
-			delete(p.watches, pid)
-		}
-		p.mu.Unlock()
-		close(w.done)
-	}()
-	return w.done, nil
+	return p.sup.Wait(ctx, uid, dir)
 }

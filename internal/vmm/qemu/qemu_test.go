@@ -30,7 +30,7 @@ func TestNewOptions(t *testing.T) {
 	if p.Name() != "qemu" || p.opts.Accel != AccelAuto || !filepath.IsAbs(p.binary) {
 		t.Errorf("defaults: name %q accel %q binary %q", p.Name(), p.opts.Accel, p.binary)
 	}
-	if c := p.Capabilities(); !c.NoCloudDisk || c.VirtioFS || !c.MacVTap {
+	if c := p.Capabilities(); !c.NoCloudDisk || c.VirtioFS || !c.MacVTap || c.UncompressedKernel {
 		t.Errorf("capabilities %+v", c)
 	}
 }
@@ -122,7 +122,7 @@ func TestAccelProbe(t *testing.T) {
 		}
 		deadline := time.Now().Add(4 * time.Second)
 		for time.Now().Before(deadline) && !kvmBooted {
-			kvmBooted = fileContains(filepath.Join(vm.Dir, consoleFile), kernelBanner)
+			kvmBooted = fileContains(filepath.Join(vm.Dir, process.ConsoleFile), kernelBanner)
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
@@ -141,7 +141,7 @@ func TestAccelProbe(t *testing.T) {
 	if _, err := p.Start(ctx, auto); err != nil {
 		t.Fatal(err)
 	}
-	if !fileContains(filepath.Join(auto.Dir, cmdlineFile), "microvm,accel="+choice.Accel) {
+	if !fileContains(filepath.Join(auto.Dir, process.CmdlineFile), "microvm,accel="+choice.Accel) {
 		t.Errorf("vmm.cmdline does not use accel %s", choice.Accel)
 	}
 }
@@ -159,14 +159,14 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("after Start: %+v", st)
 	}
 	pid := st.Pid
-	console := filepath.Join(vm.Dir, consoleFile)
+	console := filepath.Join(vm.Dir, process.ConsoleFile)
 	eventually(t, 30*time.Second, "the kernel banner on the console", func() bool { return fileContains(console, kernelBanner) })
 
 	// QEMU wrote its pid file; the operator's command line carries the uid.
-	if got, err := process.ReadPidFile(filepath.Join(vm.Dir, pidFile)); err != nil || got != pid {
+	if got, err := process.ReadPidFile(filepath.Join(vm.Dir, process.PidFile)); err != nil || got != pid {
 		t.Errorf("pid file: %d, %v; want %d", got, err, pid)
 	}
-	if !fileContains(filepath.Join(vm.Dir, cmdlineFile), "guest="+vm.UID) {
+	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "guest="+vm.UID) {
 		t.Error("vmm.cmdline lacks the uid marker")
 	}
 
@@ -235,7 +235,7 @@ func TestLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(b), startNote); n != 2 {
+	if n := strings.Count(string(b), process.StartNote); n != 2 {
 		t.Errorf("console.log has %d start notes, want 2 (appended)", n)
 	}
 }
@@ -253,7 +253,7 @@ func TestStartPausedResume(t *testing.T) {
 	if st.State != vmm.StatePaused || st.Reason != "" {
 		t.Fatalf("after paused Start: %+v", st)
 	}
-	console := filepath.Join(vm.Dir, consoleFile)
+	console := filepath.Join(vm.Dir, process.ConsoleFile)
 	time.Sleep(300 * time.Millisecond) // a running TCG guest prints its banner by now
 	if fileContains(console, kernelBanner) {
 		t.Fatal("the paused guest ran")
@@ -325,7 +325,7 @@ func TestRestartedDaemon(t *testing.T) {
 		t.Fatalf("second provider's Status: %+v, %v; want running pid %d", st2, err, st.Pid)
 	}
 	// As if the old daemon was killed before QEMU wrote its pid file.
-	if err := os.Remove(filepath.Join(vm.Dir, pidFile)); err != nil {
+	if err := os.Remove(filepath.Join(vm.Dir, process.PidFile)); err != nil {
 		t.Fatal(err)
 	}
 	st3, err := p2.Start(ctx, vm)

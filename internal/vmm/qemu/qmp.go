@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
 )
 
 // qmpClient is a minimal QEMU Machine Protocol client: one connection, one
@@ -40,7 +42,7 @@ type qmpMessage struct {
 // capabilities negotiation mode. ctx bounds the whole life of the client:
 // when it is done, pending and later calls fail.
 func dialQMP(ctx context.Context, path string) (_ *qmpClient, err error) {
-	conn, err := dialUnix(ctx, path)
+	conn, err := process.DialUnix(ctx, path)
 	if err != nil {
 		return nil, err
 	}
