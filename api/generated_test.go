@@ -51,6 +51,9 @@ func TestGeneratedCodeIsFresh(t *testing.T) {
 		"services/host/v1alpha1/host.pb.go",
 		"services/host/v1alpha1/host_grpc.pb.go",
 		"services/host/v1alpha1/host.pb.gw.go",
+		"services/power/v1alpha1/power.pb.go",
+		"services/power/v1alpha1/power_grpc.pb.go",
+		"services/power/v1alpha1/power.pb.gw.go",
 	} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Errorf("%s was not generated: %v", f, err)

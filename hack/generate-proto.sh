@@ -31,3 +31,10 @@ protoc -I . \
   --grpc-gateway_opt=grpc_api_configuration=services/host/v1alpha1/gateway.yaml \
   --grpc-gateway_opt=generate_unbound_methods=false \
   services/host/v1alpha1/host.proto
+protoc -I . \
+  --go_out="$out" --go_opt=paths=source_relative \
+  --go-grpc_out="$out" --go-grpc_opt=paths=source_relative \
+  --grpc-gateway_out="$out" --grpc-gateway_opt=paths=source_relative \
+  --grpc-gateway_opt=grpc_api_configuration=services/power/v1alpha1/gateway.yaml \
+  --grpc-gateway_opt=generate_unbound_methods=false \
+  services/power/v1alpha1/power.proto

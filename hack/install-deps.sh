@@ -7,6 +7,7 @@ pkgs=(
   qemu-system-x86
   qemu-utils
   e2fsprogs
+  xfsprogs
   busybox-static
   cpio
   kmod
@@ -22,6 +23,11 @@ pkgs=(
   nftables
   debootstrap
 )
+# The unprivileged user QEMU runs as by default (flintlockd --vmm-user).
+if [ "$(id -u)" -eq 0 ] && ! getent passwd flintlock-vmm >/dev/null; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin flintlock-vmm
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,7 @@ package types
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -69,7 +70,7 @@ func (x NetworkInterface_IfaceType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NetworkInterface_IfaceType.Descriptor instead.
 func (NetworkInterface_IfaceType) EnumDescriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{4, 0}
+	return file_types_microvm_proto_rawDescGZIP(), []int{5, 0}
 }
 
 type MicroVMStatus_MicroVMState int32
@@ -79,6 +80,10 @@ const (
 	MicroVMStatus_CREATED  MicroVMStatus_MicroVMState = 1
 	MicroVMStatus_FAILED   MicroVMStatus_MicroVMState = 2
 	MicroVMStatus_DELETING MicroVMStatus_MicroVMState = 3
+	// RUNNING and STOPPED are only ever in detailed_state (see there): the
+	// v1alpha1 state of a running or stopped VM stays CREATED.
+	MicroVMStatus_RUNNING MicroVMStatus_MicroVMState = 4
+	MicroVMStatus_STOPPED MicroVMStatus_MicroVMState = 5
 )
 
 // Enum value maps for MicroVMStatus_MicroVMState.
@@ -88,12 +93,16 @@ var (
 		1: "CREATED",
 		2: "FAILED",
 		3: "DELETING",
+		4: "RUNNING",
+		5: "STOPPED",
 	}
 	MicroVMStatus_MicroVMState_value = map[string]int32{
 		"PENDING":  0,
 		"CREATED":  1,
 		"FAILED":   2,
 		"DELETING": 3,
+		"RUNNING":  4,
+		"STOPPED":  5,
 	}
 )
 
@@ -121,7 +130,7 @@ func (x MicroVMStatus_MicroVMState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MicroVMStatus_MicroVMState.Descriptor instead.
 func (MicroVMStatus_MicroVMState) EnumDescriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{9, 0}
+	return file_types_microvm_proto_rawDescGZIP(), []int{10, 0}
 }
 
 type Mount_MountType int32
@@ -167,7 +176,7 @@ func (x Mount_MountType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_MountType.Descriptor instead.
 func (Mount_MountType) EnumDescriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{11, 0}
+	return file_types_microvm_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // MicroVM is a microVM as stored and reported by flintlockd.
@@ -257,8 +266,20 @@ type MicroVMSpec struct {
 	// provider names the VMM provider; the daemon's default when unset.
 	Provider        *string `protobuf:"bytes,16,opt,name=provider,proto3,oneof" json:"provider,omitempty"`
 	AllowGuestAgent bool    `protobuf:"varint,17,opt,name=allow_guest_agent,json=allowGuestAgent,proto3" json:"allow_guest_agent,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// restart_policy says what becomes of the VM when its VMM exits or its
+	// guest panics after it was CREATED: "never" (the default when empty:
+	// the VM turns FAILED), "on-failure" (restarted after a crash, a kill, a
+	// guest panic or reboot, not after a guest power-off) or "always"
+	// (restarted after any exit). Restarts back off exponentially.
+	RestartPolicy string `protobuf:"bytes,1000,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	// max_restarts is how many restarts are allowed before the VM turns
+	// FAILED; 0 means the default: 5 for on-failure, unlimited for always.
+	MaxRestarts int32 `protobuf:"varint,1001,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
+	// power is the power state asked for through the power service; the
+	// server owns it (it is cleared on create).
+	Power         *MicroVMPower `protobuf:"bytes,1020,opt,name=power,proto3" json:"power,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MicroVMSpec) Reset() {
@@ -410,6 +431,92 @@ func (x *MicroVMSpec) GetAllowGuestAgent() bool {
 	return false
 }
 
+func (x *MicroVMSpec) GetRestartPolicy() string {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return ""
+}
+
+func (x *MicroVMSpec) GetMaxRestarts() int32 {
+	if x != nil {
+		return x.MaxRestarts
+	}
+	return 0
+}
+
+func (x *MicroVMSpec) GetPower() *MicroVMPower {
+	if x != nil {
+		return x.Power
+	}
+	return nil
+}
+
+// MicroVMPower is the power state asked of a microVM.
+type MicroVMPower struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stopped asks for the VMM to be stopped, keeping the VM's files.
+	Stopped bool `protobuf:"varint,1,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	// restart_generation is increased by every restart request.
+	RestartGeneration int64 `protobuf:"varint,2,opt,name=restart_generation,json=restartGeneration,proto3" json:"restart_generation,omitempty"`
+	// stop_timeout is the graceful shutdown time of the next stop or
+	// restart; the daemon's default when unset.
+	StopTimeout   *durationpb.Duration `protobuf:"bytes,3,opt,name=stop_timeout,json=stopTimeout,proto3" json:"stop_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MicroVMPower) Reset() {
+	*x = MicroVMPower{}
+	mi := &file_types_microvm_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MicroVMPower) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MicroVMPower) ProtoMessage() {}
+
+func (x *MicroVMPower) ProtoReflect() protoreflect.Message {
+	mi := &file_types_microvm_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MicroVMPower.ProtoReflect.Descriptor instead.
+func (*MicroVMPower) Descriptor() ([]byte, []int) {
+	return file_types_microvm_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MicroVMPower) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
+	}
+	return false
+}
+
+func (x *MicroVMPower) GetRestartGeneration() int64 {
+	if x != nil {
+		return x.RestartGeneration
+	}
+	return 0
+}
+
+func (x *MicroVMPower) GetStopTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.StopTimeout
+	}
+	return nil
+}
+
 // Kernel is the kernel to boot, taken from an OCI image.
 type Kernel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -425,7 +532,7 @@ type Kernel struct {
 
 func (x *Kernel) Reset() {
 	*x = Kernel{}
-	mi := &file_types_microvm_proto_msgTypes[2]
+	mi := &file_types_microvm_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +544,7 @@ func (x *Kernel) String() string {
 func (*Kernel) ProtoMessage() {}
 
 func (x *Kernel) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[2]
+	mi := &file_types_microvm_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +557,7 @@ func (x *Kernel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kernel.ProtoReflect.Descriptor instead.
 func (*Kernel) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{2}
+	return file_types_microvm_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Kernel) GetImage() string {
@@ -492,7 +599,7 @@ type Initrd struct {
 
 func (x *Initrd) Reset() {
 	*x = Initrd{}
-	mi := &file_types_microvm_proto_msgTypes[3]
+	mi := &file_types_microvm_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +611,7 @@ func (x *Initrd) String() string {
 func (*Initrd) ProtoMessage() {}
 
 func (x *Initrd) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[3]
+	mi := &file_types_microvm_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +624,7 @@ func (x *Initrd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Initrd.ProtoReflect.Descriptor instead.
 func (*Initrd) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{3}
+	return file_types_microvm_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Initrd) GetImage() string {
@@ -548,7 +655,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_types_microvm_proto_msgTypes[4]
+	mi := &file_types_microvm_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +667,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[4]
+	mi := &file_types_microvm_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +680,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{4}
+	return file_types_microvm_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NetworkInterface) GetDeviceId() string {
@@ -623,7 +730,7 @@ type StaticAddress struct {
 
 func (x *StaticAddress) Reset() {
 	*x = StaticAddress{}
-	mi := &file_types_microvm_proto_msgTypes[5]
+	mi := &file_types_microvm_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +742,7 @@ func (x *StaticAddress) String() string {
 func (*StaticAddress) ProtoMessage() {}
 
 func (x *StaticAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[5]
+	mi := &file_types_microvm_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +755,7 @@ func (x *StaticAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StaticAddress.ProtoReflect.Descriptor instead.
 func (*StaticAddress) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{5}
+	return file_types_microvm_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StaticAddress) GetAddress() string {
@@ -682,7 +789,7 @@ type NetworkOverrides struct {
 
 func (x *NetworkOverrides) Reset() {
 	*x = NetworkOverrides{}
-	mi := &file_types_microvm_proto_msgTypes[6]
+	mi := &file_types_microvm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +801,7 @@ func (x *NetworkOverrides) String() string {
 func (*NetworkOverrides) ProtoMessage() {}
 
 func (x *NetworkOverrides) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[6]
+	mi := &file_types_microvm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +814,7 @@ func (x *NetworkOverrides) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkOverrides.ProtoReflect.Descriptor instead.
 func (*NetworkOverrides) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{6}
+	return file_types_microvm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NetworkOverrides) GetBridgeName() string {
@@ -732,7 +839,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_types_microvm_proto_msgTypes[7]
+	mi := &file_types_microvm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +851,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[7]
+	mi := &file_types_microvm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +864,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{7}
+	return file_types_microvm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Volume) GetId() string {
@@ -813,7 +920,7 @@ type VolumeSource struct {
 
 func (x *VolumeSource) Reset() {
 	*x = VolumeSource{}
-	mi := &file_types_microvm_proto_msgTypes[8]
+	mi := &file_types_microvm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +932,7 @@ func (x *VolumeSource) String() string {
 func (*VolumeSource) ProtoMessage() {}
 
 func (x *VolumeSource) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[8]
+	mi := &file_types_microvm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +945,7 @@ func (x *VolumeSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeSource.ProtoReflect.Descriptor instead.
 func (*VolumeSource) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{8}
+	return file_types_microvm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VolumeSource) GetContainerSource() string {
@@ -873,14 +980,24 @@ type MicroVMStatus struct {
 	// observed_version is the spec version the status describes.
 	ObservedVersion int32 `protobuf:"varint,1002,opt,name=observed_version,json=observedVersion,proto3" json:"observed_version,omitempty"`
 	// vmm_pid is the process id of the VMM while it runs.
-	VmmPid        int32 `protobuf:"varint,1003,opt,name=vmm_pid,json=vmmPid,proto3" json:"vmm_pid,omitempty"`
+	VmmPid int32 `protobuf:"varint,1003,opt,name=vmm_pid,json=vmmPid,proto3" json:"vmm_pid,omitempty"`
+	// detailed_state is state with the power state of a CREATED VM: PENDING,
+	// RUNNING, STOPPED, FAILED or DELETING. The store keeps it equal to
+	// state for every other state.
+	DetailedState MicroVMStatus_MicroVMState `protobuf:"varint,1020,opt,name=detailed_state,json=detailedState,proto3,enum=flintlock.types.MicroVMStatus_MicroVMState" json:"detailed_state,omitempty"`
+	// restart_generation is the spec.power.restart_generation the last
+	// restart carried out.
+	RestartGeneration int64 `protobuf:"varint,1021,opt,name=restart_generation,json=restartGeneration,proto3" json:"restart_generation,omitempty"`
+	// restart_count is how many times the VMM was restarted under the
+	// spec's restart_policy.
+	RestartCount  int32 `protobuf:"varint,1004,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MicroVMStatus) Reset() {
 	*x = MicroVMStatus{}
-	mi := &file_types_microvm_proto_msgTypes[9]
+	mi := &file_types_microvm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1009,7 @@ func (x *MicroVMStatus) String() string {
 func (*MicroVMStatus) ProtoMessage() {}
 
 func (x *MicroVMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[9]
+	mi := &file_types_microvm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1022,7 @@ func (x *MicroVMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MicroVMStatus.ProtoReflect.Descriptor instead.
 func (*MicroVMStatus) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{9}
+	return file_types_microvm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MicroVMStatus) GetState() MicroVMStatus_MicroVMState {
@@ -985,6 +1102,27 @@ func (x *MicroVMStatus) GetVmmPid() int32 {
 	return 0
 }
 
+func (x *MicroVMStatus) GetDetailedState() MicroVMStatus_MicroVMState {
+	if x != nil {
+		return x.DetailedState
+	}
+	return MicroVMStatus_PENDING
+}
+
+func (x *MicroVMStatus) GetRestartGeneration() int64 {
+	if x != nil {
+		return x.RestartGeneration
+	}
+	return 0
+}
+
+func (x *MicroVMStatus) GetRestartCount() int32 {
+	if x != nil {
+		return x.RestartCount
+	}
+	return 0
+}
+
 type VolumeStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Mount         *Mount                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
@@ -994,7 +1132,7 @@ type VolumeStatus struct {
 
 func (x *VolumeStatus) Reset() {
 	*x = VolumeStatus{}
-	mi := &file_types_microvm_proto_msgTypes[10]
+	mi := &file_types_microvm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1144,7 @@ func (x *VolumeStatus) String() string {
 func (*VolumeStatus) ProtoMessage() {}
 
 func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[10]
+	mi := &file_types_microvm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1157,7 @@ func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
 func (*VolumeStatus) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{10}
+	return file_types_microvm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VolumeStatus) GetMount() *Mount {
@@ -1039,7 +1177,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_types_microvm_proto_msgTypes[11]
+	mi := &file_types_microvm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1189,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[11]
+	mi := &file_types_microvm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1202,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{11}
+	return file_types_microvm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Mount) GetType() Mount_MountType {
@@ -1092,7 +1230,7 @@ type NetworkInterfaceStatus struct {
 
 func (x *NetworkInterfaceStatus) Reset() {
 	*x = NetworkInterfaceStatus{}
-	mi := &file_types_microvm_proto_msgTypes[12]
+	mi := &file_types_microvm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1242,7 @@ func (x *NetworkInterfaceStatus) String() string {
 func (*NetworkInterfaceStatus) ProtoMessage() {}
 
 func (x *NetworkInterfaceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_types_microvm_proto_msgTypes[12]
+	mi := &file_types_microvm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1255,7 @@ func (x *NetworkInterfaceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterfaceStatus.ProtoReflect.Descriptor instead.
 func (*NetworkInterfaceStatus) Descriptor() ([]byte, []int) {
-	return file_types_microvm_proto_rawDescGZIP(), []int{12}
+	return file_types_microvm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NetworkInterfaceStatus) GetHostDeviceName() string {
@@ -1145,11 +1283,11 @@ var File_types_microvm_proto protoreflect.FileDescriptor
 
 const file_types_microvm_proto_rawDesc = "" +
 	"\n" +
-	"\x13types/microvm.proto\x12\x0fflintlock.types\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
+	"\x13types/microvm.proto\x12\x0fflintlock.types\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
 	"\aMicroVM\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.flintlock.types.MicroVMSpecR\x04spec\x126\n" +
-	"\x06status\x18\x03 \x01(\v2\x1e.flintlock.types.MicroVMStatusR\x06status\"\xd4\a\n" +
+	"\x06status\x18\x03 \x01(\v2\x1e.flintlock.types.MicroVMStatusR\x06status\"\xd6\b\n" +
 	"\vMicroVMSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12@\n" +
@@ -1175,7 +1313,10 @@ const file_types_microvm_proto_rawDesc = "" +
 	"deleted_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tdeletedAt\x12\x15\n" +
 	"\x03uid\x18\x0f \x01(\tH\x01R\x03uid\x88\x01\x01\x12\x1f\n" +
 	"\bprovider\x18\x10 \x01(\tH\x02R\bprovider\x88\x01\x01\x12*\n" +
-	"\x11allow_guest_agent\x18\x11 \x01(\bR\x0fallowGuestAgent\x1a9\n" +
+	"\x11allow_guest_agent\x18\x11 \x01(\bR\x0fallowGuestAgent\x12&\n" +
+	"\x0erestart_policy\x18\xe8\a \x01(\tR\rrestartPolicy\x12\"\n" +
+	"\fmax_restarts\x18\xe9\a \x01(\x05R\vmaxRestarts\x124\n" +
+	"\x05power\x18\xfc\a \x01(\v2\x1d.flintlock.types.MicroVMPowerR\x05power\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -1184,7 +1325,11 @@ const file_types_microvm_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\a_initrdB\x06\n" +
 	"\x04_uidB\v\n" +
-	"\t_provider\"\xf6\x01\n" +
+	"\t_provider\"\x95\x01\n" +
+	"\fMicroVMPower\x12\x18\n" +
+	"\astopped\x18\x01 \x01(\bR\astopped\x12-\n" +
+	"\x12restart_generation\x18\x02 \x01(\x03R\x11restartGeneration\x12<\n" +
+	"\fstop_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\"\xf6\x01\n" +
 	"\x06Kernel\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12>\n" +
 	"\acmdline\x18\x02 \x03(\v2$.flintlock.types.Kernel.CmdlineEntryR\acmdline\x12\x1f\n" +
@@ -1240,7 +1385,7 @@ const file_types_microvm_proto_rawDesc = "" +
 	"\x10container_source\x18\x01 \x01(\tH\x00R\x0fcontainerSource\x88\x01\x01\x12,\n" +
 	"\x0fvirtiofs_source\x18\x02 \x01(\tH\x01R\x0evirtiofsSource\x88\x01\x01B\x13\n" +
 	"\x11_container_sourceB\x12\n" +
-	"\x10_virtiofs_source\"\xd0\x06\n" +
+	"\x10_virtiofs_source\"\x95\b\n" +
 	"\rMicroVMStatus\x12A\n" +
 	"\x05state\x18\x01 \x01(\x0e2+.flintlock.types.MicroVMStatus.MicroVMStateR\x05state\x12E\n" +
 	"\avolumes\x18\x02 \x03(\v2+.flintlock.types.MicroVMStatus.VolumesEntryR\avolumes\x129\n" +
@@ -1253,19 +1398,24 @@ const file_types_microvm_proto_rawDesc = "" +
 	"\x0efailure_reason\x18\xe8\a \x01(\tR\rfailureReason\x12(\n" +
 	"\x0ffailure_message\x18\xe9\a \x01(\tR\x0efailureMessage\x12*\n" +
 	"\x10observed_version\x18\xea\a \x01(\x05R\x0fobservedVersion\x12\x18\n" +
-	"\avmm_pid\x18\xeb\a \x01(\x05R\x06vmmPid\x1aY\n" +
+	"\avmm_pid\x18\xeb\a \x01(\x05R\x06vmmPid\x12S\n" +
+	"\x0edetailed_state\x18\xfc\a \x01(\x0e2+.flintlock.types.MicroVMStatus.MicroVMStateR\rdetailedState\x12.\n" +
+	"\x12restart_generation\x18\xfd\a \x01(\x03R\x11restartGeneration\x12$\n" +
+	"\rrestart_count\x18\xec\a \x01(\x05R\frestartCount\x1aY\n" +
 	"\fVolumesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x123\n" +
 	"\x05value\x18\x02 \x01(\v2\x1d.flintlock.types.VolumeStatusR\x05value:\x028\x01\x1am\n" +
 	"\x16NetworkInterfacesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12=\n" +
-	"\x05value\x18\x02 \x01(\v2'.flintlock.types.NetworkInterfaceStatusR\x05value:\x028\x01\"B\n" +
+	"\x05value\x18\x02 \x01(\v2'.flintlock.types.NetworkInterfaceStatusR\x05value:\x028\x01\"\\\n" +
 	"\fMicroVMState\x12\v\n" +
 	"\aPENDING\x10\x00\x12\v\n" +
 	"\aCREATED\x10\x01\x12\n" +
 	"\n" +
 	"\x06FAILED\x10\x02\x12\f\n" +
-	"\bDELETING\x10\x03\"<\n" +
+	"\bDELETING\x10\x03\x12\v\n" +
+	"\aRUNNING\x10\x04\x12\v\n" +
+	"\aSTOPPED\x10\x05\"<\n" +
 	"\fVolumeStatus\x12,\n" +
 	"\x05mount\x18\x01 \x01(\v2\x16.flintlock.types.MountR\x05mount\"y\n" +
 	"\x05Mount\x124\n" +
@@ -1293,63 +1443,68 @@ func file_types_microvm_proto_rawDescGZIP() []byte {
 }
 
 var file_types_microvm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_types_microvm_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_types_microvm_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_types_microvm_proto_goTypes = []any{
 	(NetworkInterface_IfaceType)(0), // 0: flintlock.types.NetworkInterface.IfaceType
 	(MicroVMStatus_MicroVMState)(0), // 1: flintlock.types.MicroVMStatus.MicroVMState
 	(Mount_MountType)(0),            // 2: flintlock.types.Mount.MountType
 	(*MicroVM)(nil),                 // 3: flintlock.types.MicroVM
 	(*MicroVMSpec)(nil),             // 4: flintlock.types.MicroVMSpec
-	(*Kernel)(nil),                  // 5: flintlock.types.Kernel
-	(*Initrd)(nil),                  // 6: flintlock.types.Initrd
-	(*NetworkInterface)(nil),        // 7: flintlock.types.NetworkInterface
-	(*StaticAddress)(nil),           // 8: flintlock.types.StaticAddress
-	(*NetworkOverrides)(nil),        // 9: flintlock.types.NetworkOverrides
-	(*Volume)(nil),                  // 10: flintlock.types.Volume
-	(*VolumeSource)(nil),            // 11: flintlock.types.VolumeSource
-	(*MicroVMStatus)(nil),           // 12: flintlock.types.MicroVMStatus
-	(*VolumeStatus)(nil),            // 13: flintlock.types.VolumeStatus
-	(*Mount)(nil),                   // 14: flintlock.types.Mount
-	(*NetworkInterfaceStatus)(nil),  // 15: flintlock.types.NetworkInterfaceStatus
-	nil,                             // 16: flintlock.types.MicroVMSpec.LabelsEntry
-	nil,                             // 17: flintlock.types.MicroVMSpec.MetadataEntry
-	nil,                             // 18: flintlock.types.Kernel.CmdlineEntry
-	nil,                             // 19: flintlock.types.MicroVMStatus.VolumesEntry
-	nil,                             // 20: flintlock.types.MicroVMStatus.NetworkInterfacesEntry
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*MicroVMPower)(nil),            // 5: flintlock.types.MicroVMPower
+	(*Kernel)(nil),                  // 6: flintlock.types.Kernel
+	(*Initrd)(nil),                  // 7: flintlock.types.Initrd
+	(*NetworkInterface)(nil),        // 8: flintlock.types.NetworkInterface
+	(*StaticAddress)(nil),           // 9: flintlock.types.StaticAddress
+	(*NetworkOverrides)(nil),        // 10: flintlock.types.NetworkOverrides
+	(*Volume)(nil),                  // 11: flintlock.types.Volume
+	(*VolumeSource)(nil),            // 12: flintlock.types.VolumeSource
+	(*MicroVMStatus)(nil),           // 13: flintlock.types.MicroVMStatus
+	(*VolumeStatus)(nil),            // 14: flintlock.types.VolumeStatus
+	(*Mount)(nil),                   // 15: flintlock.types.Mount
+	(*NetworkInterfaceStatus)(nil),  // 16: flintlock.types.NetworkInterfaceStatus
+	nil,                             // 17: flintlock.types.MicroVMSpec.LabelsEntry
+	nil,                             // 18: flintlock.types.MicroVMSpec.MetadataEntry
+	nil,                             // 19: flintlock.types.Kernel.CmdlineEntry
+	nil,                             // 20: flintlock.types.MicroVMStatus.VolumesEntry
+	nil,                             // 21: flintlock.types.MicroVMStatus.NetworkInterfacesEntry
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
 }
 var file_types_microvm_proto_depIdxs = []int32{
 	4,  // 0: flintlock.types.MicroVM.spec:type_name -> flintlock.types.MicroVMSpec
-	12, // 1: flintlock.types.MicroVM.status:type_name -> flintlock.types.MicroVMStatus
-	16, // 2: flintlock.types.MicroVMSpec.labels:type_name -> flintlock.types.MicroVMSpec.LabelsEntry
-	5,  // 3: flintlock.types.MicroVMSpec.kernel:type_name -> flintlock.types.Kernel
-	6,  // 4: flintlock.types.MicroVMSpec.initrd:type_name -> flintlock.types.Initrd
-	10, // 5: flintlock.types.MicroVMSpec.root_volume:type_name -> flintlock.types.Volume
-	10, // 6: flintlock.types.MicroVMSpec.additional_volumes:type_name -> flintlock.types.Volume
-	7,  // 7: flintlock.types.MicroVMSpec.interfaces:type_name -> flintlock.types.NetworkInterface
-	17, // 8: flintlock.types.MicroVMSpec.metadata:type_name -> flintlock.types.MicroVMSpec.MetadataEntry
-	21, // 9: flintlock.types.MicroVMSpec.created_at:type_name -> google.protobuf.Timestamp
-	21, // 10: flintlock.types.MicroVMSpec.updated_at:type_name -> google.protobuf.Timestamp
-	21, // 11: flintlock.types.MicroVMSpec.deleted_at:type_name -> google.protobuf.Timestamp
-	18, // 12: flintlock.types.Kernel.cmdline:type_name -> flintlock.types.Kernel.CmdlineEntry
-	0,  // 13: flintlock.types.NetworkInterface.type:type_name -> flintlock.types.NetworkInterface.IfaceType
-	8,  // 14: flintlock.types.NetworkInterface.address:type_name -> flintlock.types.StaticAddress
-	9,  // 15: flintlock.types.NetworkInterface.overrides:type_name -> flintlock.types.NetworkOverrides
-	11, // 16: flintlock.types.Volume.source:type_name -> flintlock.types.VolumeSource
-	1,  // 17: flintlock.types.MicroVMStatus.state:type_name -> flintlock.types.MicroVMStatus.MicroVMState
-	19, // 18: flintlock.types.MicroVMStatus.volumes:type_name -> flintlock.types.MicroVMStatus.VolumesEntry
-	14, // 19: flintlock.types.MicroVMStatus.kernel_mount:type_name -> flintlock.types.Mount
-	14, // 20: flintlock.types.MicroVMStatus.initrd_mount:type_name -> flintlock.types.Mount
-	20, // 21: flintlock.types.MicroVMStatus.network_interfaces:type_name -> flintlock.types.MicroVMStatus.NetworkInterfacesEntry
-	14, // 22: flintlock.types.VolumeStatus.mount:type_name -> flintlock.types.Mount
-	2,  // 23: flintlock.types.Mount.type:type_name -> flintlock.types.Mount.MountType
-	13, // 24: flintlock.types.MicroVMStatus.VolumesEntry.value:type_name -> flintlock.types.VolumeStatus
-	15, // 25: flintlock.types.MicroVMStatus.NetworkInterfacesEntry.value:type_name -> flintlock.types.NetworkInterfaceStatus
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	13, // 1: flintlock.types.MicroVM.status:type_name -> flintlock.types.MicroVMStatus
+	17, // 2: flintlock.types.MicroVMSpec.labels:type_name -> flintlock.types.MicroVMSpec.LabelsEntry
+	6,  // 3: flintlock.types.MicroVMSpec.kernel:type_name -> flintlock.types.Kernel
+	7,  // 4: flintlock.types.MicroVMSpec.initrd:type_name -> flintlock.types.Initrd
+	11, // 5: flintlock.types.MicroVMSpec.root_volume:type_name -> flintlock.types.Volume
+	11, // 6: flintlock.types.MicroVMSpec.additional_volumes:type_name -> flintlock.types.Volume
+	8,  // 7: flintlock.types.MicroVMSpec.interfaces:type_name -> flintlock.types.NetworkInterface
+	18, // 8: flintlock.types.MicroVMSpec.metadata:type_name -> flintlock.types.MicroVMSpec.MetadataEntry
+	22, // 9: flintlock.types.MicroVMSpec.created_at:type_name -> google.protobuf.Timestamp
+	22, // 10: flintlock.types.MicroVMSpec.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 11: flintlock.types.MicroVMSpec.deleted_at:type_name -> google.protobuf.Timestamp
+	5,  // 12: flintlock.types.MicroVMSpec.power:type_name -> flintlock.types.MicroVMPower
+	23, // 13: flintlock.types.MicroVMPower.stop_timeout:type_name -> google.protobuf.Duration
+	19, // 14: flintlock.types.Kernel.cmdline:type_name -> flintlock.types.Kernel.CmdlineEntry
+	0,  // 15: flintlock.types.NetworkInterface.type:type_name -> flintlock.types.NetworkInterface.IfaceType
+	9,  // 16: flintlock.types.NetworkInterface.address:type_name -> flintlock.types.StaticAddress
+	10, // 17: flintlock.types.NetworkInterface.overrides:type_name -> flintlock.types.NetworkOverrides
+	12, // 18: flintlock.types.Volume.source:type_name -> flintlock.types.VolumeSource
+	1,  // 19: flintlock.types.MicroVMStatus.state:type_name -> flintlock.types.MicroVMStatus.MicroVMState
+	20, // 20: flintlock.types.MicroVMStatus.volumes:type_name -> flintlock.types.MicroVMStatus.VolumesEntry
+	15, // 21: flintlock.types.MicroVMStatus.kernel_mount:type_name -> flintlock.types.Mount
+	15, // 22: flintlock.types.MicroVMStatus.initrd_mount:type_name -> flintlock.types.Mount
+	21, // 23: flintlock.types.MicroVMStatus.network_interfaces:type_name -> flintlock.types.MicroVMStatus.NetworkInterfacesEntry
+	1,  // 24: flintlock.types.MicroVMStatus.detailed_state:type_name -> flintlock.types.MicroVMStatus.MicroVMState
+	15, // 25: flintlock.types.VolumeStatus.mount:type_name -> flintlock.types.Mount
+	2,  // 26: flintlock.types.Mount.type:type_name -> flintlock.types.Mount.MountType
+	14, // 27: flintlock.types.MicroVMStatus.VolumesEntry.value:type_name -> flintlock.types.VolumeStatus
+	16, // 28: flintlock.types.MicroVMStatus.NetworkInterfacesEntry.value:type_name -> flintlock.types.NetworkInterfaceStatus
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_types_microvm_proto_init() }
@@ -1358,20 +1513,20 @@ func file_types_microvm_proto_init() {
 		return
 	}
 	file_types_microvm_proto_msgTypes[1].OneofWrappers = []any{}
-	file_types_microvm_proto_msgTypes[2].OneofWrappers = []any{}
 	file_types_microvm_proto_msgTypes[3].OneofWrappers = []any{}
 	file_types_microvm_proto_msgTypes[4].OneofWrappers = []any{}
 	file_types_microvm_proto_msgTypes[5].OneofWrappers = []any{}
 	file_types_microvm_proto_msgTypes[6].OneofWrappers = []any{}
 	file_types_microvm_proto_msgTypes[7].OneofWrappers = []any{}
 	file_types_microvm_proto_msgTypes[8].OneofWrappers = []any{}
+	file_types_microvm_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_microvm_proto_rawDesc), len(file_types_microvm_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

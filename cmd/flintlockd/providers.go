@@ -19,6 +19,7 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/cloudhypervisor"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/firecracker"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/qemu"
 )
 
@@ -34,6 +35,8 @@ type vmmOptions struct {
 	parentCgroup          string
 	cloudHypervisorBinary string
 	virtiofsdBinary       string
+	// vmmUser is who QEMU runs as (vmmuser.go).
+	vmmUser string
 
 	metadataService      string
 	metadataRequireToken bool
@@ -58,6 +61,7 @@ func addVMMFlags(f *pflag.FlagSet, o *vmmOptions) {
 	f.StringVar(&o.parentCgroup, "firecracker-parent-cgroup", "", "the jailer's parent cgroup (default: the jailer's own)")
 	f.StringVar(&o.cloudHypervisorBinary, "cloud-hypervisor-binary", "cloud-hypervisor", "Cloud Hypervisor binary; the cloudhypervisor provider is registered when it is found")
 	f.StringVar(&o.virtiofsdBinary, "virtiofsd-binary", "", "virtiofsd for Cloud Hypervisor's shared folders (default: searched in PATH, /usr/libexec, /usr/lib/qemu)")
+	f.StringVar(&o.vmmUser, "vmm-user", "", `user QEMU runs as: name, name:group, uid or uid:gid; "root" keeps the daemon's identity (default: the `+process.DefaultVMMUser+` system user if the host has it, else root with a warning)`)
 	f.StringVar(&o.metadataService, "metadata-service", "off", `address at which VMs with TAP interfaces reach their metadata (e.g. 169.254.169.254:80), or "off"`)
 	f.BoolVar(&o.metadataRequireToken, "metadata-require-token", false, "metadata service: refuse requests without a session token (IMDSv2 / MMDS V2 only)")
 	f.StringVar(&o.crashAfterStep, "crash-after-step", "", "testing: SIGKILL flintlockd right after the named create step acts")
@@ -89,7 +93,11 @@ func newProviders(o *options, log *slog.Logger) (map[string]vmm.Provider, error)
 		return fmt.Errorf("provider %s (--%s): %w", name, flags[0], err)
 	}
 
-	q, err := qemu.New(qemu.Options{Binary: o.qemuBinary, Accel: o.qemuAccel, Logger: log})
+	vmmUser, err := resolveVMMUser(v.vmmUser, log)
+	if err != nil {
+		return nil, err
+	}
+	q, err := qemu.New(qemu.Options{Binary: o.qemuBinary, Accel: o.qemuAccel, User: vmmUser, Logger: log})
 	if err := add(qemu.Name, q, err, "qemu-binary"); err != nil {
 		return nil, err
 	}

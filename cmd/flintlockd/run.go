@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/liquidmetal-go/liquidmetal/internal/console"
 	"github.com/liquidmetal-go/liquidmetal/internal/images"
 	"github.com/liquidmetal-go/liquidmetal/internal/network"
 	"github.com/liquidmetal-go/liquidmetal/internal/reconcile"
@@ -69,11 +70,16 @@ type options struct {
 	stopTimeout    time.Duration
 	startPaused    bool
 
+	// consoleMaxBytes caps each VM's console.log (internal/console).
+	consoleMaxBytes int64
+
 	// capacity is what the host service reports as this host's capacity.
 	capacity server.CapacityConfig
 
 	// vmm: the other providers and the metadata service (providers.go).
 	vmm vmmOptions
+	// volumes: volume method and image GC (volumes.go).
+	volumes volumeOptions
 
 	logLevel  string
 	logFormat string
@@ -124,7 +130,9 @@ func newRunCommand() *cobra.Command {
 	f.Float64Var(&o.capacity.VCPUOvercommit, "capacity-vcpu-overcommit", 1, "vCPUs offered to microVMs per host CPU (host capacity service)")
 	f.Int64Var(&o.capacity.MemoryMiB, "capacity-memory-mib", 0, "memory in MiB offered to microVMs before the reservation (default: the host's MemTotal)")
 	f.Int64Var(&o.capacity.ReservedMemoryMiB, "capacity-reserved-memory-mib", 0, "memory in MiB kept for the host, not offered to microVMs")
+	f.Int64Var(&o.consoleMaxBytes, "console-max-bytes", console.DefaultMaxBytes, "size cap of each microVM's console.log; older output moves to console.log.1")
 	addVMMFlags(f, &o.vmm)
+	addVolumeFlags(f, &o.volumes)
 	f.BoolVar(&o.startPaused, "start-paused", false, "start guests paused (benchmarks: keeps the guest's boot out of the figures)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -153,6 +161,9 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	slog.SetDefault(log)
+	if o.consoleMaxBytes <= 0 {
+		return fmt.Errorf("--console-max-bytes %d: must be positive", o.consoleMaxBytes)
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -221,7 +232,13 @@ func run(ctx context.Context, o *options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	vols, err := newVolumes(o.volumes, o.stateDir, reg, log)
+	if err != nil {
+		return err
+	}
 	rec, err := reconcile.New(reconcile.Config{
+		Volumes:        vols,
+		ImageGCGrace:   o.volumes.gcGrace,
 		Store:          db,
 		Images:         imgs,
 		Network:        network.New(network.Options{DefaultBridge: o.bridgeName, ParentInterface: o.parentInterface}),
@@ -252,10 +269,12 @@ func run(ctx context.Context, o *options) error {
 		Logger:          log,
 		MaxRecvBytes:    o.maxRecvBytes,
 		Capacity:        o.capacity,
+		StateDir:        o.stateDir,
 	})
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
 
 	var creds credentials.TransportCredentials
 	if tlsConfig != nil {
@@ -283,6 +302,8 @@ func run(ctx context.Context, o *options) error {
 			errc <- fmt.Errorf("reconciler: %w", err)
 		}
 	}()
+	go rec.RunGC(recCtx, o.volumes.gcInterval)
+	go console.Rotator{Root: filepath.Join(o.stateDir, "vm"), MaxBytes: o.consoleMaxBytes, Logger: log}.Run(recCtx)
 	go func() { errc <- serveGRPC(gs, lis) }()
 
 	var servers []*http.Server

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
+	powerv1 "github.com/liquidmetal-go/liquidmetal/api/services/power/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/types"
 )
 
@@ -29,14 +30,17 @@ func consoleCommand(g *globals) *cobra.Command {
 	var (
 		follow   bool
 		stateDir string
+		offset   int64
 	)
 	cmd := &cobra.Command{
 		Use:   "console UID",
 		Short: "Print a microVM's serial console log",
-		Long: `Print a microVM's serial console log. fl reads the log file directly
-(<state-dir>/vm/<namespace>/<name>/<uid>/console.log), so run it on the
-daemon's host. With -f it keeps printing new output until the microVM is
-deleted or you press Ctrl-C.`,
+		Long: `Print a microVM's serial console log, streamed by flintlockd (the log
+is rotated under a size cap: the oldest output may be gone). With -f it
+keeps printing new output until the microVM is deleted or you press Ctrl-C.
+--offset starts at that byte of the output; a negative one counts from the
+end. With --state-dir, fl reads the log file itself on the daemon's host
+(<state-dir>/vm/<namespace>/<name>/<uid>/console.log) instead.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.dial()
@@ -50,6 +54,10 @@ deleted or you press Ctrl-C.`,
 			}
 			ctx, cancel := g.withTimeout(cmd.Context(), def)
 			defer cancel()
+			out := cmd.OutOrStdout()
+			if !cmd.Flags().Changed("state-dir") {
+				return streamConsole(ctx, c, args[0], offset, follow, out)
+			}
 
 			resp, err := c.GetMicroVM(ctx, &v1alpha1.GetMicroVMRequest{Uid: args[0]})
 			if err != nil {
@@ -59,7 +67,6 @@ deleted or you press Ctrl-C.`,
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			if !follow {
 				f, err := os.Open(path)
 				if err != nil {
@@ -73,8 +80,32 @@ deleted or you press Ctrl-C.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the microVM is deleted")
-	cmd.Flags().StringVar(&stateDir, "state-dir", DefaultStateDir, "flintlockd's state folder on this host")
+	cmd.Flags().Int64Var(&offset, "offset", 0, "start at this byte of the console output; negative counts from the end")
+	cmd.Flags().StringVar(&stateDir, "state-dir", DefaultStateDir, "read the log file in flintlockd's state folder on this host instead of asking the daemon")
 	return cmd
+}
+
+// streamConsole copies the console stream of the power service to out; the
+// end of ctx (Ctrl-C, --timeout) is a normal end.
+func streamConsole(ctx context.Context, c *client, uid string, offset int64, follow bool, out io.Writer) error {
+	s, err := c.power().StreamConsole(ctx, &powerv1.StreamConsoleRequest{Uid: uid, Offset: offset, Follow: follow})
+	if err != nil {
+		return rpcError("console "+uid, err)
+	}
+	for {
+		chunk, err := s.Recv()
+		switch code := status.Code(err); {
+		case errors.Is(err, io.EOF):
+			return nil
+		case ctx.Err() != nil || code == codes.DeadlineExceeded || code == codes.Canceled:
+			return nil
+		case err != nil:
+			return rpcError("console "+uid, err)
+		}
+		if _, err := out.Write(chunk.GetData()); err != nil {
+			return err
+		}
+	}
 }
 
 // consolePath is where the daemon keeps the VM's console log. The parts come

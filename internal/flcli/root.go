@@ -103,10 +103,10 @@ can also come from the ` + EnvAddress + ` and ` + EnvToken + ` environment varia
 
 // microVMCommands builds a fresh set of the microvm subcommands.
 func microVMCommands(g *globals) []*cobra.Command {
-	return []*cobra.Command{
+	return append([]*cobra.Command{
 		createCommand(g), getCommand(g), listCommand(g),
 		deleteCommand(g), waitCommand(g), consoleCommand(g),
-	}
+	}, powerCommands(g)...)
 }
 
 // client is an open connection to flintlockd.

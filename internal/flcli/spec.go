@@ -36,6 +36,8 @@ type specFlags struct {
 	interfaces        []string
 	provider          string
 	addNetworkConfig  bool
+	restartPolicy     string
+	maxRestarts       int32
 }
 
 func (s *specFlags) register(fs *pflag.FlagSet) {
@@ -58,6 +60,8 @@ func (s *specFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&s.networkConfigFile, "network-config-file", "", "cloud-init network-config file")
 	fs.StringArrayVar(&s.interfaces, "interface", nil, "network interface type:guest-device[:mac][:bridge], e.g. tap:eth1 or macvtap:eth0:02:00:00:00:00:01 (repeatable)")
 	fs.StringVar(&s.provider, "provider", "", "VMM provider (server default)")
+	fs.StringVar(&s.restartPolicy, "restart-policy", "", "what a VMM exit or guest panic does: never (default), on-failure or always")
+	fs.Int32Var(&s.maxRestarts, "max-restarts", 0, "restarts allowed before the VM is FAILED (0: 5 for on-failure, unlimited for always)")
 }
 
 // build returns the spec: the file's (when -f is given) with every flag the
@@ -95,6 +99,12 @@ func (s *specFlags) build(fs *pflag.FlagSet, stdin func() ([]byte, error)) (*typ
 	}
 	if set("provider") {
 		spec.Provider = proto.String(s.provider)
+	}
+	if set("restart-policy") {
+		spec.RestartPolicy = s.restartPolicy
+	}
+	if set("max-restarts") {
+		spec.MaxRestarts = s.maxRestarts
 	}
 
 	if set("kernel-image") || set("kernel-filename") || set("cmdline") || set("add-network-config") {

@@ -201,12 +201,17 @@ func NormalizeRef(ref string) (string, error) {
 // when the registry does not know it, errdefs.ErrUnavailable when the
 // registry cannot be reached); what it fetched belongs to the lease and
 // goes with DeleteLease.
-func (s *Service) Pull(ctx context.Context, ref string) (Image, error) {
+func (s *Service) Pull(ctx context.Context, ref string) (_ Image, retErr error) {
 	name, err := NormalizeRef(ref)
 	if err != nil {
 		return Image{}, err
 	}
 	ctx = s.withNamespace(ctx)
+	defer func() {
+		if retErr == nil {
+			s.markUsed(ctx, name) // the last use, for GC
+		}
+	}()
 	sn, err := s.Snapshotter(ctx)
 	if err != nil {
 		return Image{}, err

@@ -16,8 +16,8 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/api/types"
 	"github.com/liquidmetal-go/liquidmetal/internal/images"
 	"github.com/liquidmetal-go/liquidmetal/internal/metadata"
+	"github.com/liquidmetal-go/liquidmetal/internal/store"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
-	"github.com/liquidmetal-go/liquidmetal/internal/volumes"
 )
 
 // Failure reasons recorded in MicroVMStatus.failure_reason.
@@ -54,6 +54,13 @@ func (r *Reconciler) create(ctx context.Context, log *slog.Logger, vm *types.Mic
 		return false, r.fail(ctx, log, vm, ReasonUnsupported, err)
 	}
 	b := &builder{r: r, vm: vm, dir: r.vmDir(spec), provider: p}
+	stopped := store.DetailedState(vm.GetStatus()) == types.MicroVMStatus_STOPPED
+	if stopped {
+		b.restart = true // a Start (power.go): its VMM's exit was asked for
+	} else if handled, err := r.supervise(ctx, log, b); handled || err != nil {
+		// A VMM that ended or a dead guest: the restart policy (supervise.go).
+		return false, err
+	}
 	var after func(string)
 	if r.cfg.AfterStep != nil {
 		after = func(step string) { r.cfg.AfterStep(uid, step) }
@@ -87,14 +94,18 @@ func (r *Reconciler) create(ctx context.Context, log *slog.Logger, vm *types.Mic
 	if err := r.setStatus(ctx, uid, func(st *types.MicroVMStatus) {
 		b.fillStatus(st)
 		st.State = types.MicroVMStatus_CREATED
+		st.DetailedState = types.MicroVMStatus_RUNNING
 		st.Retry = 0
 		st.FailureReason, st.FailureMessage = "", ""
 		st.ObservedVersion = vm.GetVersion()
 	}); err != nil {
 		return false, err
 	}
-	if !wasCreated {
+	switch {
+	case !wasCreated:
 		log.Info("microvm created", "pid", b.vmmStatus.Pid)
+	case stopped:
+		log.Info("microvm started", "pid", b.vmmStatus.Pid)
 	}
 	r.watchExit(uid, b.dir, p)
 	return false, nil
@@ -111,6 +122,7 @@ type builder struct {
 	vmmStatus vmm.Status
 	devices   map[string]*types.NetworkInterfaceStatus
 	docs      map[string][]byte // the cloud-init documents, once built
+	restart   bool              // the restart policy restarts the VMM
 }
 
 func (b *builder) path(name string) string { return filepath.Join(b.dir, name) }
@@ -233,23 +245,9 @@ func (b *builder) copyKernel(ctx context.Context, uid string, img images.Image, 
 	return b.r.cfg.Images.CopyFirst(ctx, uid, img, kernelPaths(filename, b.provider.Capabilities()), dst)
 }
 
+// buildVolume makes the VM's copy-on-write volume v (volumes.go).
 func (b *builder) buildVolume(ctx context.Context, v *types.Volume) error {
-	src := v.GetSource()
-	lctx, err := b.leased(ctx)
-	if err != nil {
-		return err
-	}
-	img, err := b.r.cfg.Images.Pull(lctx, src.GetContainerSource())
-	if err != nil {
-		return err
-	}
-	return b.r.cfg.Images.WithMounted(lctx, b.vm.Spec.GetUid(), img, func(root string) error {
-		err := volumes.BuildExt4(lctx, root, b.volumePath(v.GetId()), int(v.GetSizeInMb()), v.GetId())
-		if errdefs.IsInvalidArgument(err) {
-			return permanent(err)
-		}
-		return err
-	})
+	return b.provisionVolume(ctx, v)
 }
 
 // documents are the VM's cloud-init documents, as the NoCloud disk, the
@@ -268,6 +266,9 @@ func (b *builder) documents() (map[string][]byte, error) {
 	}
 	docs, err := metadata.Documents(spec)
 	if err != nil {
+		return nil, permanent(err)
+	}
+	if err := withVolumeMounts(spec, docs); err != nil {
 		return nil, permanent(err)
 	}
 	b.docs = docs
@@ -340,7 +341,7 @@ func (b *builder) vmmNeeded(ctx context.Context) (bool, error) {
 	case vmm.StateRunning, vmm.StatePaused:
 		return false, nil
 	case vmm.StateExited:
-		if b.vm.GetStatus().GetState() == types.MicroVMStatus_CREATED {
+		if b.vm.GetStatus().GetState() == types.MicroVMStatus_CREATED && !b.restart {
 			reason := st.Reason
 			if reason == "" {
 				reason = "the VMM process exited"
@@ -378,7 +379,7 @@ func (b *builder) startVMM(ctx context.Context) error {
 			vm.SharedDirs = append(vm.SharedDirs, vmm.SharedDir{Tag: v.GetId(), HostPath: v.GetSource().GetVirtiofsSource(), ReadOnly: v.GetIsReadOnly()})
 			continue
 		}
-		vm.Disks = append(vm.Disks, vmm.Disk{ID: v.GetId(), Path: b.volumePath(v.GetId()), ReadOnly: v.GetIsReadOnly(), Format: "raw"})
+		vm.Disks = append(vm.Disks, vmm.Disk{ID: v.GetId(), Path: b.volumePath(v.GetId()), ReadOnly: v.GetIsReadOnly(), Format: diskFormat(b.volumePath(v.GetId()))})
 	}
 	vm.Disks = append(vm.Disks, vmm.Disk{ID: "cidata", Path: b.path(cidataFile), ReadOnly: true, Format: "raw"})
 	for i, iface := range spec.GetInterfaces() {

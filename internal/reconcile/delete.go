@@ -144,6 +144,7 @@ func (r *Reconciler) watchExit(uid, dir string, p vmm.Provider) {
 		return
 	}
 	r.watching[uid] = cancel
+	go r.watchGuest(ctx, uid, dir, p) // supervise.go
 	go func() {
 		select {
 		case <-ch:
@@ -158,6 +159,7 @@ func (r *Reconciler) watchExit(uid, dir string, p vmm.Provider) {
 }
 
 func (r *Reconciler) unwatch(uid string) {
+	r.sup.forget(uid)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if cancel, ok := r.watching[uid]; ok {

@@ -27,6 +27,7 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/internal/network"
 	"github.com/liquidmetal-go/liquidmetal/internal/store"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/volumes"
 )
 
 // Config holds the reconciler's collaborators and tunables.
@@ -41,6 +42,12 @@ type Config struct {
 	Metadata MetadataService
 	// StateDir holds the VMs' folders under vm/<namespace>/<name>/<uid>.
 	StateDir string
+	// Volumes makes the VMs' volumes from base images (volumes.go); when
+	// nil, one on StateDir/volumes with the host's method.
+	Volumes *volumes.Provisioner
+	// ImageGCGrace is how long base images and pulled images stay after
+	// their last use (gc.go).
+	ImageGCGrace time.Duration
 	// Workers is the number of VMs reconciled at once.
 	Workers int
 	// MaxRetries is the number of failed passes after which a VM is FAILED.
@@ -67,6 +74,7 @@ type Reconciler struct {
 	log     *slog.Logger
 	queue   workqueue.TypedRateLimitingInterface[string]
 	metrics *metrics
+	sup     *supervision // supervise.go
 
 	mu       sync.Mutex
 	watching map[string]context.CancelFunc
@@ -95,7 +103,18 @@ func New(cfg Config) (*Reconciler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Volumes == nil {
+		v, err := volumes.NewProvisioner(volumes.ProvisionerOptions{Dir: filepath.Join(cfg.StateDir, "volumes"), Logger: cfg.Logger})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Volumes = v
+	}
 	m, err := newMetrics(cfg.Registerer, cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	sup, err := newSupervision(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +124,7 @@ func New(cfg Config) (*Reconciler, error) {
 		log:      cfg.Logger.With("component", "reconcile"),
 		queue:    workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[string]{Name: "microvms"}),
 		metrics:  m,
+		sup:      sup,
 		watching: map[string]context.CancelFunc{},
 	}, nil
 }
@@ -196,6 +216,11 @@ func (r *Reconciler) reconcile(ctx context.Context, uid string) (retry bool, err
 	switch vm.GetStatus().GetState() {
 	case types.MicroVMStatus_FAILED, types.MicroVMStatus_DELETING:
 		return false, nil
+	}
+	// Stop, restart (power.go).
+	vm, done, err := r.power(ctx, log, vm)
+	if done || err != nil {
+		return false, err
 	}
 	return r.create(ctx, log, vm)
 }

@@ -39,6 +39,10 @@ func codeOf(err error) codes.Code {
 		return codes.AlreadyExists
 	case errdefs.IsFailedPrecondition(err):
 		return codes.FailedPrecondition
+	case errdefs.IsNotImplemented(err):
+		return codes.Unimplemented
+	case errdefs.IsResourceExhausted(err):
+		return codes.ResourceExhausted
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):

@@ -22,6 +22,12 @@ import (
 //	DELETE /v1alpha1/microvm/{uid}
 //	GET    /v1alpha1/microvms[/{namespace}]?name=&label_selector=
 //	GET    /v1alpha1/host/capacity
+//	POST   /v1alpha1/microvm/{uid}/start|stop|restart  body: {"timeout": "30s"}
+//	GET    /v1alpha1/watch/microvms?namespace=          (streamed)
+//	GET    /v1alpha1/microvm/{uid}/console?offset=&max_bytes=
+//	GET    /v1alpha1/microvm/{uid}/console/stream?offset=&follow=  (streamed)
+//
+// Streamed routes answer with one JSON object per line ({"result": ...}).
 //
 // JSON is grpc-gateway's default, as upstream flintlock serves it: field
 // names in lowerCamelCase (protojson), unpopulated fields included; requests
@@ -39,6 +45,13 @@ func (s *Server) Gateway() (http.Handler, error) {
 	}
 	if err := hostv1.RegisterHostServiceHandlerServer(context.Background(), mux, hostGateway{h: s.host}); err != nil {
 		return nil, fmt.Errorf("register host gateway: %w", err)
+	}
+	if s.powerGW == nil {
+		gw, err := s.registerPowerGateway(context.Background(), mux)
+		if err != nil {
+			return nil, err
+		}
+		s.powerGW = gw
 	}
 	limit := int64(s.maxRecv)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -1,5 +1,6 @@
-// Package server owns flintlockd's API edge: the gRPC MicroVM service and
-// the host capacity service (and their HTTP/JSON gateway), authentication,
+// Package server owns flintlockd's API edge: the gRPC MicroVM service, the
+// host capacity service and the power service (power operations, the
+// state watch, consoles), their HTTP/JSON gateway, authentication,
 // TLS, request metrics, and the conversion of internal errors to gRPC
 // status codes. It stays thin: it applies defaults and validation, writes
 // the record to the store and hands the uid to the reconciler through Queue.
@@ -22,6 +23,7 @@ import (
 
 	hostv1 "github.com/liquidmetal-go/liquidmetal/api/services/host/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
+	powerv1 "github.com/liquidmetal-go/liquidmetal/api/services/power/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/types"
 	"github.com/liquidmetal-go/liquidmetal/internal/store"
 )
@@ -60,6 +62,10 @@ type Config struct {
 	MaxRecvBytes int
 	// Capacity sets the host capacity the host service reports.
 	Capacity CapacityConfig
+	// StateDir is flintlockd's state folder, where the power service
+	// finds the VMs' consoles (vm/<namespace>/<name>/<uid>/console.log);
+	// consoles are not served when it is empty.
+	StateDir string
 }
 
 // Server implements the v1alpha1 MicroVM service.
@@ -74,6 +80,8 @@ type Server struct {
 	log             *slog.Logger
 	maxRecv         int
 	host            *hostService
+	power           *powerService
+	powerGW         *powerGateway // set by Gateway; stopped by Close
 
 	unary  []grpc.UnaryServerInterceptor
 	stream []grpc.StreamServerInterceptor
@@ -119,6 +127,7 @@ func New(cfg Config) (*Server, error) {
 	if s.host, err = newHostService(s, cfg.Capacity); err != nil {
 		return nil, err
 	}
+	s.power = &powerService{s: s, stateDir: cfg.StateDir, consolePoll: 200 * time.Millisecond}
 	// Outermost first: metrics see every outcome, including refused
 	// authentication and recovered panics.
 	auth := newAuthenticator(cfg.Token)
@@ -145,14 +154,24 @@ func (s *Server) GRPCServer(creds credentials.TransportCredentials, opts ...grpc
 	gs := grpc.NewServer(append(all, opts...)...)
 	v1alpha1.RegisterMicroVMServer(gs, s)
 	hostv1.RegisterHostServiceServer(gs, s.host)
+	powerv1.RegisterPowerServiceServer(gs, s.power)
 
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(v1alpha1.MicroVM_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(hostv1.HostService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(powerv1.PowerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	return gs
+}
+
+// Close releases what Gateway set up (the power service's in-memory
+// connection).
+func (s *Server) Close() {
+	if s.powerGW != nil {
+		s.powerGW.close()
+	}
 }
 
 // newUID returns a new ULID.

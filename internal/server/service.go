@@ -97,6 +97,7 @@ func (s *Server) create(ctx context.Context, req *v1alpha1.CreateMicroVMRequest)
 	spec.CreatedAt = now
 	spec.UpdatedAt = now
 	spec.DeletedAt = nil
+	spec.Power = nil // the power service's
 	vm := &types.MicroVM{
 		Spec:   spec,
 		Status: &types.MicroVMStatus{State: types.MicroVMStatus_PENDING},

@@ -5,6 +5,7 @@
 // Every mutation is a single bbolt transaction, so the file is consistent
 // after a crash at any instant: a record and its name index entry are
 // written and removed together, and a call that returned nil is on disk.
+// Watch streams every committed change, in commit order (watch.go).
 package store
 
 import (
@@ -48,6 +49,8 @@ type Store struct {
 	// writers counts writes in flight: a lone writer commits at once, and
 	// concurrent writers share commits through db.Batch.
 	writers atomic.Int32
+	// hub delivers committed changes to watchers (watch.go).
+	hub *hub
 }
 
 // Open opens (creating if needed) the store file at path. If another process
@@ -69,19 +72,21 @@ func Open(path string) (*Store, error) {
 	// Commits cost an fsync; a short batch window lets concurrent writers
 	// share one without adding much latency.
 	db.MaxBatchDelay = 2 * time.Millisecond
+	var seq uint64
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketVMs, bucketNames} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
 		}
+		seq = tx.Bucket(bucketVMs).Sequence()
 		return nil
 	})
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, hub: newHub(seq + 1)}, nil
 }
 
 // Close closes the store file.
@@ -101,6 +106,7 @@ func (s *Store) Create(ctx context.Context, vm *types.MicroVM) error {
 		return err
 	}
 	vm.Version = 1
+	normalize(vm)
 	data, err := proto.Marshal(vm)
 	if err != nil {
 		return fmt.Errorf("encode microvm %s: %w", uid, err)
@@ -120,7 +126,7 @@ func (s *Store) Create(ctx context.Context, vm *types.MicroVM) error {
 		if err := names.Put(nameKey, []byte(uid)); err != nil {
 			return fmt.Errorf("put name index of %s: %w", uid, err)
 		}
-		return nil
+		return s.publish(tx, Added, nil, vm)
 	})
 }
 
@@ -233,6 +239,7 @@ func (s *Store) Update(ctx context.Context, uid string, fn func(vm *types.MicroV
 		if err := proto.Unmarshal(read, cur); err != nil {
 			return nil, fmt.Errorf("decode microvm %s: %w", uid, err)
 		}
+		old := proto.CloneOf(cur)
 		readVersion := cur.GetVersion()
 		oldKey := nameKey(cur.GetSpec().GetNamespace(), cur.GetSpec().GetId())
 		if err := fn(cur); err != nil {
@@ -246,6 +253,7 @@ func (s *Store) Update(ctx context.Context, uid string, fn func(vm *types.MicroV
 			return nil, fmt.Errorf("microvm %s: uid, namespace and name cannot change: %w", uid, errdefs.ErrInvalidArgument)
 		}
 		cur.Version = readVersion + 1
+		normalize(cur)
 		data, err := proto.Marshal(cur)
 		if err != nil {
 			return nil, fmt.Errorf("encode microvm %s: %w", uid, err)
@@ -262,7 +270,10 @@ func (s *Store) Update(ctx context.Context, uid string, fn func(vm *types.MicroV
 				conflict = true
 				return nil
 			}
-			return vms.Put([]byte(uid), data)
+			if err := vms.Put([]byte(uid), data); err != nil {
+				return err
+			}
+			return s.publish(tx, Updated, old, cur)
 		})
 		if err != nil {
 			return nil, err
@@ -298,7 +309,7 @@ func (s *Store) Delete(ctx context.Context, uid string) error {
 		if err := vms.Delete([]byte(uid)); err != nil {
 			return fmt.Errorf("delete microvm %s: %w", uid, err)
 		}
-		return nil
+		return s.publish(tx, Removed, &vm, nil)
 	})
 }
 

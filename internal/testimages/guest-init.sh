@@ -11,7 +11,8 @@
 # As the guest it mounts the cloud-init NoCloud disk (label cidata or
 # CIDATA, iso9660 or vfat), prints "LIQUIDMETAL-GUEST: booted", prints each
 # metadata document between "--- NAME ---" and "--- end NAME ---" lines,
-# applies network-config (netplan v2, see apply_network_config), runs
+# mounts vendor-data's cloud-init `mounts` (see apply_mounts), applies
+# network-config (netplan v2, see apply_network_config), runs
 # user-data when it starts with "#!", and then stays up.
 
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -328,6 +329,46 @@ apply_network_config() {
 	return 0
 }
 
+# apply_mounts FILE: mounts the entries of cloud-init's `mounts` list in
+# FILE (a #cloud-config, or a MIME multipart holding one) written as flow
+# lists, one a line: - [ DEVICE, DIR, FSTYPE, OPTIONS, ... ]. Each entry
+# reports one "LIQUIDMETAL-GUEST: mount" line.
+apply_mounts() {
+	local dev dir fstype opts o keep
+	awk '
+	/^mounts:[ \t]*$/ { in_m = 1; next }
+	in_m && /^[^ \t-]/ { in_m = 0 }
+	in_m && /^[ \t]*-[ \t]*\[/ {
+		l = $0; sub(/^[ \t]*-[ \t]*\[/, "", l); sub(/\][ \t]*$/, "", l)
+		out = ""
+		while (l != "") {
+			sub(/^[ \t]+/, "", l)
+			if (l ~ /^"/ && match(l, /^"[^"]*"/)) { v = substr(l, 2, RLENGTH - 2) }
+			else if (l ~ /^\047/ && match(l, /^\047[^\047]*\047/)) { v = substr(l, 2, RLENGTH - 2) }
+			else { match(l, /^[^,]*/); v = substr(l, 1, RLENGTH); sub(/[ \t]+$/, "", v) }
+			l = substr(l, RLENGTH + 1)
+			sub(/^[ \t]*,?/, "", l)
+			out = out v "|"
+		}
+		print out
+	}' "$1" | while IFS='|' read -r dev dir fstype opts _; do
+		[ -n "$dev" ] && [ -n "$dir" ] || continue
+		wait_for "$dev" 50
+		keep=""
+		for o in $(echo "$opts" | tr , ' '); do
+			case "$o" in defaults | nofail | auto | noauto | x-systemd.*) ;; *) keep="$keep,$o" ;; esac
+		done
+		mkdir -p "$dir"
+		[ "$fstype" = auto ] && fstype=""
+		# shellcheck disable=SC2086
+		if mount ${fstype:+-t "$fstype"} ${keep:+-o "${keep#,}"} "$dev" "$dir"; then
+			echo "LIQUIDMETAL-GUEST: mount $dev on $dir ok"
+		else
+			echo "LIQUIDMETAL-GUEST: mount $dev on $dir failed"
+		fi
+	done
+}
+
 guest_main() {
 	say "running as the guest (kernel $(uname -r))"
 	ip link set lo up 2>/dev/null
@@ -356,6 +397,7 @@ guest_main() {
 		for f in meta-data user-data vendor-data network-config; do
 			[ -f "$md/$f" ] && print_doc "$f" "$md/$f"
 		done
+		[ -f "$md/vendor-data" ] && apply_mounts "$md/vendor-data"
 		if [ -f "$md/network-config" ]; then
 			apply_network_config "$md/network-config"
 			echo "LIQUIDMETAL-GUEST: network configured"

@@ -210,6 +210,8 @@ func CreateMicroVMRequest(req *v1alpha1.CreateMicroVMRequest, providers []string
 		}
 	}
 
+	checkRestart(&ps, p, spec)
+
 	switch prov := spec.GetProvider(); {
 	case prov == "":
 		ps.add(p+".provider", "required")

@@ -91,6 +91,9 @@ const (
 	StateExited State = "exited"
 	// StateNotStarted: no VMM process has been started for this VM.
 	StateNotStarted State = "not-started"
+	// StateFailed: the VMM process runs but reports its guest dead (a
+	// guest panic, an internal error); Status.Reason says which.
+	StateFailed State = "failed"
 )
 
 // Status is a snapshot of a VM's VMM process.
@@ -116,6 +119,9 @@ type Capabilities struct {
 	// (not a bzImage); the reconciler then prefers boot/vmlinux in a
 	// kernel image that names no file.
 	UncompressedKernel bool
+	// Qcow2 disks (Disk.Format "qcow2"); providers without it get raw
+	// files only.
+	Qcow2 bool
 }
 
 // Provider runs microVMs with one VMM.

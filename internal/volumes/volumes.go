@@ -1,6 +1,10 @@
 // Package volumes builds the file-backed block images flintlockd gives to
-// VMs: today ext4 filesystem images filled from a folder (mkfs.ext4 -d) on
-// sparse files. Each image is written to a temporary file and renamed into
+// VMs: ext4 filesystem images filled from a folder (mkfs.ext4 -d) on sparse
+// files, or a partition taken out of a disk image, built once per image and
+// size as base images (Provisioner), from which each VM gets its own
+// copy-on-write volume: a reflink clone, a qcow2 overlay, a devmapper thin
+// snapshot or a sparse copy (cow.go). It also collects unused base images
+// (gc.go). Every file is written to a temporary file and renamed into
 // place, so a half-built image never appears under its final name.
 package volumes
 

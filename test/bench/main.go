@@ -91,6 +91,8 @@ type bench struct {
 	idle            []idleCPU
 	scans           []scanTime
 	micro           []microResult
+	capmvm          *capmvmResult // see capmvm.go
+	volumes         []volumeRow   // see volumes.go
 }
 
 func main() {
@@ -115,7 +117,7 @@ func main() {
 
 	// Set-up libraries log with slog; only their warnings are of interest.
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if os.Geteuid() != 0 {
+	if os.Geteuid() != 0 && !*capmvmOnly {
 		fmt.Fprintln(os.Stderr, "bench: run as root (containerd, mounts, QEMU)")
 		os.Exit(1)
 	}
@@ -190,17 +192,31 @@ func (b *bench) startDaemon(ctx context.Context, name string, withVMs bool, extr
 
 func (b *bench) run(ctx context.Context) error {
 	b.hostInfo()
+	if *capmvmOnly {
+		return b.capmvmPhase(ctx)
+	}
 	b.step("set-up: containerd, loopback registry, test images")
 	env, err := framework.Setup(ctx, framework.Options{Dir: b.o.dir, Flintlockd: b.o.flintlockd, FL: b.o.fl})
 	if err != nil {
 		return err
 	}
 	b.env = env
+	if *volumesOnly {
+		return b.volumesPhase(ctx)
+	}
 	if err := b.vmPhases(ctx); err != nil {
 		return err
 	}
 	if err := b.listPhase(ctx); err != nil {
 		return err
+	}
+	if err := b.volumesPhase(ctx); err != nil {
+		return err
+	}
+	if *capmvmRun {
+		if err := b.capmvmPhase(ctx); err != nil {
+			return err
+		}
 	}
 	if b.o.micro {
 		b.step("Go micro-benchmarks (-benchtime %s)", b.o.benchtime)

@@ -295,6 +295,9 @@ func (b *bench) report() {
 		t.print(w)
 	}
 
+	b.reportVolumes(w)
+	b.reportCAPMVM(w)
+
 	t := &table{title: "Summary against the goals", head: []string{"goal", "measured", "goal value", "verdict"}}
 	if len(b.seq) > 0 {
 		p := createP50(b.seq)
@@ -323,6 +326,7 @@ func (b *bench) report() {
 			t.add(fmt.Sprintf("flintlockd RSS, %d VMs running", m.vms), mib(m.rssKB), "≤"+mib(targetRSSKB), verdict(m.rssKB <= targetRSSKB))
 		}
 	}
+	b.capmvmSummary(t)
 	for _, n := range b.notes {
 		t.note("%s", n)
 	}

@@ -20,7 +20,8 @@ type launch struct {
 	// qmpFD is the child's descriptor of the listening QMP socket.
 	qmpFD int
 	// tapFDs maps an index in vm.Nets to the child's descriptor of its
-	// opened /dev/tapN (macvtap devices).
+	// host device, opened by the provider (/dev/net/tun attached to the
+	// TAP, or the macvtap's /dev/tapN).
 	tapFDs map[int]int
 	extra  []string
 }
@@ -86,8 +87,8 @@ func buildArgs(l launch) []string {
 	for i, n := range vm.Nets {
 		id := fmt.Sprintf("net%d", i)
 		netdev := fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, optEscape(n.HostDevice))
-		if n.MacVTap {
-			netdev = fmt.Sprintf("tap,id=%s,fd=%d", id, l.tapFDs[i])
+		if fd, ok := l.tapFDs[i]; ok { // opened by the provider (privilege.go)
+			netdev = fmt.Sprintf("tap,id=%s,fd=%d", id, fd)
 		}
 		dev := "virtio-net-device,netdev=" + id
 		if n.GuestMAC != "" {

@@ -57,6 +57,9 @@ type Options struct {
 	StartTimeout time.Duration
 	// ExtraArgs are appended to every QEMU command line.
 	ExtraArgs []string
+	// User is who QEMU runs as (the zero value: root, the daemon's own
+	// identity). See privilege.go for what an unprivileged QEMU is given.
+	User process.User
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -129,7 +132,7 @@ func (p *Provider) Name() string { return Name }
 
 // Capabilities implements vmm.Provider.
 func (p *Provider) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{NoCloudDisk: true, VirtioFS: false, MacVTap: true}
+	return vmm.Capabilities{NoCloudDisk: true, VirtioFS: false, MacVTap: true, Qcow2: true}
 }
 
 var uidPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -216,16 +219,12 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	l.qmpFD = 3
 	comments := []string{fmt.Sprintf("fd 3: listening socket %s", sock)}
 	for i, n := range vm.Nets {
-		if !n.MacVTap {
-			continue
-		}
-		dev := fmt.Sprintf("/dev/tap%d", n.HostIndex)
-		f, err := os.OpenFile(dev, os.O_RDWR, 0)
+		f, what, err := openNet(n)
 		if err != nil {
-			return vmm.Status{}, fmt.Errorf("vm %q: macvtap %q: %w", vm.UID, n.HostDevice, err)
+			return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 		}
 		l.tapFDs[i] = 3 + len(files)
-		comments = append(comments, fmt.Sprintf("fd %d: %s (macvtap %s)", l.tapFDs[i], dev, n.HostDevice))
+		comments = append(comments, fmt.Sprintf("fd %d: %s", l.tapFDs[i], what))
 		files = append(files, f)
 	}
 	argv := buildArgs(l)
@@ -243,7 +242,11 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
 	files = append(files, logf) // closed with the others; not in ExtraFiles
-	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: logf, Stderr: logf, ExtraFiles: files[:len(files)-1]}
+	if err := grant(p.opts.User, vm); err != nil {
+		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
+	}
+	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: logf, Stderr: logf, ExtraFiles: files[:len(files)-1],
+		SysProcAttr: credential(p.opts.User, accel.Accel)}
 	c, err := p.sup.Launch(vm.UID, vm.Dir, cmd)
 	// Our copies go now: with QEMU the only holder of the QMP socket, its
 	// exit fails our connection at once.
@@ -274,7 +277,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 		return vmm.Status{}, fmt.Errorf("vm %q: qemu %d did not answer: %w", vm.UID, c.Pid, qerr)
 	}
 	st := statusOf(c.Pid, qs)
-	p.log.Info("vmm started", "uid", vm.UID, "pid", c.Pid, "accel", accel.Accel, "state", st.State, "elapsed", time.Since(started))
+	p.log.Info("vmm started", "uid", vm.UID, "pid", c.Pid, "accel", accel.Accel, "user", p.opts.User.Name, "state", st.State, "elapsed", time.Since(started))
 	return st, nil
 }
 
@@ -284,8 +287,11 @@ func statusOf(pid int, qs qmpStatus) vmm.Status {
 	switch {
 	case qs.Running:
 		st.State = vmm.StateRunning
+	case qs.Status == "guest-panicked" || qs.Status == "internal-error":
+		st.State = vmm.StateFailed // the guest is dead; the process lingers
+		st.Reason = "qemu status " + qs.Status
 	case qs.Status != "prelaunch" && qs.Status != "paused":
-		st.Reason = "qemu status " + qs.Status // e.g. internal-error, io-error
+		st.Reason = "qemu status " + qs.Status // e.g. io-error, shutdown
 	}
 	return st
 }
