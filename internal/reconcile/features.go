@@ -25,13 +25,20 @@ type MetadataService interface {
 // Admit checks, at API time, that the provider a spec names (defaults
 // applied) exists and can run it: a VM asking for a feature its provider
 // lacks is errdefs.ErrFailedPrecondition, naming the feature and the
-// provider.
+// provider; an interface whose bridge or macvtap parent this host lacks
+// is one too, before anything is created.
 func (r *Reconciler) Admit(spec *types.MicroVMSpec) error {
 	p, ok := r.cfg.Providers[spec.GetProvider()]
 	if !ok {
 		return fmt.Errorf("provider %q is not available on this host: %w", spec.GetProvider(), errdefs.ErrFailedPrecondition)
 	}
-	return checkCapabilities(p, spec)
+	if err := checkCapabilities(p, spec); err != nil {
+		return err
+	}
+	if r.cfg.Network != nil {
+		return r.cfg.Network.Check(spec.GetInterfaces())
+	}
+	return nil
 }
 
 // checkCapabilities lists every feature the spec asks for that provider p
