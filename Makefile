@@ -13,6 +13,7 @@ deps: ## Debian packages and cached tool builds
 	@hack/build-registry.sh
 	@hack/build-kube.sh
 	@hack/build-capi.sh
+	@hack/build-kube-node.sh
 
 build:
 	@mkdir -p $(BIN)

@@ -98,6 +98,7 @@ can also come from the ` + EnvAddress + ` and ` + EnvToken + ` environment varia
 	root.AddCommand(mv)
 	// The short forms: fl create, fl get, fl list, ...
 	root.AddCommand(microVMCommands(g)...)
+	root.AddCommand(imageCommand(g))
 	return root
 }
 
