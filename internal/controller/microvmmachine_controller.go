@@ -622,7 +622,13 @@ func (r *MicrovmMachineReconciler) place(ctx context.Context, s *machineScope) (
 	for i := range machines.Items {
 		o := &machines.Items[i]
 		h := hostOf(o)
-		if o.Name == mm.Name || h == "" {
+		if o.Name == mm.Name {
+			continue
+		}
+		if h == "" {
+			if groupOf(o.Labels) == group && o.DeletionTimestamp.IsZero() {
+				req.Unplaced = append(req.Unplaced, o.Name)
+			}
 			continue
 		}
 		if groupOf(o.Labels) == group {

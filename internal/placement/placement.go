@@ -46,6 +46,11 @@ type Request struct {
 	// Peers are the hosts of the other machines of the same group that are
 	// already placed, one entry per machine; placement evens them out.
 	Peers []string
+	// Unplaced are the other machines of the group that have no host yet.
+	// Static placement places them too, in name order, and returns this
+	// machine's share, so that reconciles running at once agree on one
+	// even spread instead of each seeing only the placed peers.
+	Unplaced []string
 	// VCPU and MemoryMiB are what the microVM needs (dynamic placement).
 	VCPU, MemoryMiB int64
 	// Pending are machines placed on a host whose microVM the host does not
@@ -78,7 +83,9 @@ type CapacityReader interface {
 var ErrNoHost = fmt.Errorf("no host can take the machine: %w", errdefs.ErrFailedPrecondition)
 
 // Static chooses a host from hosts: the one holding the fewest peers, ties
-// broken by a stable hash of the machine name and the host.
+// broken by a stable hash of the machine name and the host. The group's
+// unplaced machines are placed first when their names sort before this
+// one's, as every other reconcile of the group will place them.
 func Static(hosts []Host, req Request) (string, error) {
 	eligible, err := candidates(hosts, req)
 	if err != nil {
@@ -88,13 +95,21 @@ func Static(hosts []Host, req Request) (string, error) {
 		return eligible[0].Endpoint, nil
 	}
 	counts := peerCounts(req.Peers)
-	best := slices.MinFunc(eligible, func(a, b Host) int {
-		return cmp.Or(
-			cmp.Compare(counts[a.Endpoint], counts[b.Endpoint]),
-			cmp.Compare(rank(req.Machine, a.Endpoint), rank(req.Machine, b.Endpoint)),
-		)
-	})
-	return best.Endpoint, nil
+	names := append(slices.Clone(req.Unplaced), req.Machine)
+	slices.Sort(names)
+	for _, name := range slices.Compact(names) {
+		best := slices.MinFunc(eligible, func(a, b Host) int {
+			return cmp.Or(
+				cmp.Compare(counts[a.Endpoint], counts[b.Endpoint]),
+				cmp.Compare(rank(name, a.Endpoint), rank(name, b.Endpoint)),
+			)
+		})
+		if name == req.Machine {
+			return best.Endpoint, nil
+		}
+		counts[best.Endpoint]++
+	}
+	panic("unreachable: req.Machine is among the names")
 }
 
 // Dynamic chooses, among the hosts whose free capacity (less the pending

@@ -205,3 +205,32 @@ func TestDynamic(t *testing.T) {
 		t.Fatalf("equal capacity, a peer on A: got %q, %v; want %s", got, err, hostC.Endpoint)
 	}
 }
+
+// TestStaticConcurrentReconcilesAgree: machines of one group placed at the
+// same time each see the others unplaced; every one of them must compute
+// the same even spread, so no two land together while a host is empty.
+func TestStaticConcurrentReconcilesAgree(t *testing.T) {
+	hosts := []Host{{Endpoint: "a:9090"}, {Endpoint: "b:9090"}, {Endpoint: "c:9090"}}
+	for _, n := range []int{2, 3, 6, 7} {
+		names := make([]string, n)
+		for i := range names {
+			names[i] = fmt.Sprintf("md-0-%05x", i*7919)
+		}
+		got := map[string]int{}
+		for _, m := range names {
+			others := slices.DeleteFunc(slices.Clone(names), func(s string) bool { return s == m })
+			h, err := Static(hosts, Request{Machine: m, Unplaced: others})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[h]++
+		}
+		lo, hi := n, 0
+		for _, h := range hosts {
+			lo, hi = min(lo, got[h.Endpoint]), max(hi, got[h.Endpoint])
+		}
+		if hi-lo > 1 {
+			t.Errorf("%d machines placed at once: uneven spread %v", n, got)
+		}
+	}
+}
