@@ -106,7 +106,7 @@ func StartDaemon(t testing.TB, env *Env, extra ...string) *Daemon {
 		d.Stop()
 		// A daemon the test left unreachable (credentials, a kill) must
 		// not leave its guests running behind the test.
-		if pids := VMMProcesses(d.StateDir); len(pids) > 0 {
+		if pids := VMMProcesses(d.StateDir + "/"); len(pids) > 0 {
 			for _, pid := range pids {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
