@@ -35,7 +35,7 @@ type vmmOptions struct {
 	parentCgroup          string
 	cloudHypervisorBinary string
 	virtiofsdBinary       string
-	// vmmUser is who QEMU runs as (vmmuser.go).
+	// vmmUser is who QEMU and Cloud Hypervisor run as (vmmuser.go).
 	vmmUser string
 
 	metadataService      string
@@ -60,8 +60,8 @@ func addVMMFlags(f *pflag.FlagSet, o *vmmOptions) {
 	f.IntVar(&o.cgroupVersion, "firecracker-cgroup-version", 2, "cgroup version the jailer uses: 1 or 2")
 	f.StringVar(&o.parentCgroup, "firecracker-parent-cgroup", "", "the jailer's parent cgroup (default: the jailer's own)")
 	f.StringVar(&o.cloudHypervisorBinary, "cloud-hypervisor-binary", "cloud-hypervisor", "Cloud Hypervisor binary; the cloudhypervisor provider is registered when it is found")
-	f.StringVar(&o.virtiofsdBinary, "virtiofsd-binary", "", "virtiofsd for Cloud Hypervisor's shared folders (default: searched in PATH, /usr/libexec, /usr/lib/qemu)")
-	f.StringVar(&o.vmmUser, "vmm-user", "", `user QEMU runs as: name, name:group, uid or uid:gid; "root" keeps the daemon's identity (default: the `+process.DefaultVMMUser+` system user if the host has it, else root with a warning)`)
+	f.StringVar(&o.virtiofsdBinary, "virtiofsd-binary", "", "virtiofsd for shared folders (QEMU and Cloud Hypervisor) (default: searched in PATH, /usr/libexec, /usr/lib/qemu)")
+	f.StringVar(&o.vmmUser, "vmm-user", "", `user QEMU and Cloud Hypervisor run as: name, name:group, uid or uid:gid; "root" keeps the daemon's identity (default: the `+process.DefaultVMMUser+` system user if the host has it, else root with a warning)`)
 	f.StringVar(&o.metadataService, "metadata-service", "off", `address at which VMs with TAP interfaces reach their metadata (e.g. 169.254.169.254:80), or "off"`)
 	f.BoolVar(&o.metadataRequireToken, "metadata-require-token", false, "metadata service: refuse requests without a session token (IMDSv2 / MMDS V2 only)")
 	f.StringVar(&o.crashAfterStep, "crash-after-step", "", "testing: SIGKILL flintlockd right after the named create step acts")
@@ -97,7 +97,7 @@ func newProviders(o *options, log *slog.Logger) (map[string]vmm.Provider, error)
 	if err != nil {
 		return nil, err
 	}
-	q, err := qemu.New(qemu.Options{Binary: o.qemuBinary, Accel: o.qemuAccel, User: vmmUser, Logger: log})
+	q, err := qemu.New(qemu.Options{Binary: o.qemuBinary, Accel: o.qemuAccel, Virtiofsd: v.virtiofsdBinary, User: vmmUser, Logger: log})
 	if err := add(qemu.Name, q, err, "qemu-binary"); err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func newProviders(o *options, log *slog.Logger) (map[string]vmm.Provider, error)
 		return nil, err
 	}
 
-	ch, err := cloudhypervisor.New(cloudhypervisor.Options{Binary: v.cloudHypervisorBinary, Virtiofsd: v.virtiofsdBinary, Logger: log})
+	ch, err := cloudhypervisor.New(cloudhypervisor.Options{Binary: v.cloudHypervisorBinary, Virtiofsd: v.virtiofsdBinary, User: vmmUser, Logger: log})
 	if err := add(cloudhypervisor.Name, ch, err, "cloud-hypervisor-binary", "virtiofsd-binary"); err != nil {
 		return nil, err
 	}

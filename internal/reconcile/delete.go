@@ -86,6 +86,11 @@ func (r *Reconciler) release(ctx context.Context, vm *types.MicroVM, keepConsole
 			errs = append(errs, fmt.Errorf("releasing images: %w", err))
 		}
 	}
+	if len(errs) == 0 { // the VMM no longer holds its volumes
+		if err := r.releaseVolumes(ctx, spec); err != nil { // volumes_release.go
+			errs = append(errs, err)
+		}
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}

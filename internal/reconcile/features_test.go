@@ -32,7 +32,7 @@ func realProviders(t *testing.T) map[string]vmm.Provider {
 			t.Fatal(err)
 		}
 	}
-	q, err := qemu.New(qemu.Options{})
+	q, err := qemu.New(qemu.Options{Virtiofsd: filepath.Join(dir, "virtiofsd")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +68,9 @@ func TestAdmitCapabilities(t *testing.T) {
 	}{
 		{provider: qemu.Name},
 		{provider: qemu.Name, set: []func(*types.MicroVMSpec){withMacvtap}},
+		{provider: qemu.Name, set: []func(*types.MicroVMSpec){withShare}},
 		{provider: qemu.Name, set: []func(*types.MicroVMSpec){withShare, withAgent},
-			want: []string{`provider "qemu" does not support`, "additional_volumes[0].source.virtiofs_source: virtio-fs", "allow_guest_agent"}},
+			want: []string{`provider "qemu" does not support`, "allow_guest_agent"}},
 		{provider: firecracker.Name, set: []func(*types.MicroVMSpec){withAgent}},
 		{provider: firecracker.Name, set: []func(*types.MicroVMSpec){withMacvtap}, want: []string{"interfaces[1].type: macvtap"}},
 		{provider: firecracker.Name, set: []func(*types.MicroVMSpec){withShare}, want: []string{"virtio-fs"}},

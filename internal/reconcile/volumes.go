@@ -48,7 +48,7 @@ func (b *builder) provisionVolume(ctx context.Context, v *types.Volume) error {
 	vol, err := b.r.cfg.Volumes.Volume(lctx, key, build, b.volumePath(v.GetId()), volumes.VolumeOptions{
 		ReadOnly: v.GetIsReadOnly(),
 		RawOnly:  !b.provider.Capabilities().Qcow2,
-		Name:     "flintlock-" + uid + "-" + v.GetId(),
+		Name:     volumeDevice(uid, v.GetId()),
 	})
 	if errdefs.IsInvalidArgument(err) {
 		return permanent(err)
@@ -126,14 +126,22 @@ func guestDisk(i int) string {
 	return "/dev/vd" + name
 }
 
-// volumeMounts are the cloud-init mounts of the VM's block volumes that
-// name a mount_point, by their guest device (root first, in order).
+// volumeMounts are the cloud-init mounts of the VM's volumes that name a
+// mount_point: block volumes by their guest device (root first, in
+// order), host folders by their virtio-fs tag (the volume id).
 func volumeMounts(spec *types.MicroVMSpec) []metadata.Mount {
 	var ms []metadata.Mount
 	i := 0
 	for _, v := range volumeList(spec) {
-		if isShared(v) {
-			continue // no block device
+		if isShared(v) { // no block device
+			if mp := v.GetMountPoint(); mp != "" && v != spec.GetRootVolume() {
+				opts := "defaults"
+				if v.GetIsReadOnly() {
+					opts = "ro"
+				}
+				ms = append(ms, metadata.Mount{Device: v.GetId(), MountPoint: mp, FSType: "virtiofs", Options: opts})
+			}
+			continue
 		}
 		if mp := v.GetMountPoint(); mp != "" && v != spec.GetRootVolume() {
 			ms = append(ms, metadata.Mount{Device: guestDisk(i), MountPoint: mp})

@@ -331,7 +331,8 @@ apply_network_config() {
 
 # apply_mounts FILE: mounts the entries of cloud-init's `mounts` list in
 # FILE (a #cloud-config, or a MIME multipart holding one) written as flow
-# lists, one a line: - [ DEVICE, DIR, FSTYPE, OPTIONS, ... ]. Each entry
+# lists, one a line: - [ DEVICE, DIR, FSTYPE, OPTIONS, ... ] (DEVICE is a
+# virtio-fs tag for FSTYPE virtiofs). Each entry
 # reports one "LIQUIDMETAL-GUEST: mount" line.
 apply_mounts() {
 	local dev dir fstype opts o keep
@@ -353,7 +354,8 @@ apply_mounts() {
 		print out
 	}' "$1" | while IFS='|' read -r dev dir fstype opts _; do
 		[ -n "$dev" ] && [ -n "$dir" ] || continue
-		wait_for "$dev" 50
+		# Devices may appear late; a virtio-fs tag (or other source) is no path.
+		case "$dev" in /dev/*) wait_for "$dev" 50 ;; esac
 		keep=""
 		for o in $(echo "$opts" | tr , ' '); do
 			case "$o" in defaults | nofail | auto | noauto | x-systemd.*) ;; *) keep="$keep,$o" ;; esac

@@ -240,7 +240,7 @@ func (p *Provisioner) Volume(ctx context.Context, key BaseKey, build BuildFunc, 
 		err = linkOrClone(base, dst)
 	case p.method == MethodDevmapper:
 		v.Method = MethodDevmapper
-		v.Path, err = p.pool.Snapshot(ctx, base, o.Name)
+		_, err = p.devmapperVolume(ctx, base, dst, o.Name) // dst links to the device
 	case p.method == MethodReflink:
 		v.Method = MethodReflink
 		err = reflinkAtomic(base, dst)
@@ -353,6 +353,8 @@ func linkOrClone(src, dst string) error {
 			os.Remove(tmp)
 			return fmt.Errorf("volume %s: %w", dst, err)
 		}
+		// When dst already was a link of src, rename did nothing.
+		_ = os.Remove(tmp)
 		return nil
 	} else if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EMLINK) {
 		return fmt.Errorf("volume %s: %w", dst, err)

@@ -1,6 +1,7 @@
 package volumes
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -79,6 +80,9 @@ func (p *Provisioner) collect(name string, grace time.Duration) (bool, error) {
 	}
 	if time.Since(fi.ModTime()) < grace {
 		return false, nil
+	}
+	if err := p.removeBaseDevice(context.Background(), img); err != nil { // devmapper.go
+		return false, fmt.Errorf("volumes gc: %w", err)
 	}
 	if err := os.Remove(img); err != nil {
 		return false, fmt.Errorf("volumes gc: %w", err)

@@ -8,18 +8,23 @@
 // vm.power-button, vm.shutdown, vm.delete and vmm.shutdown to stop.
 //
 // Files in the VM folder: vmm.cmdline, vmm.pid (written by the provider),
-// ch-<uid>.sock (the API socket; its name carries the uid marker by which
-// the provider finds the process again after a restart, as Cloud
-// Hypervisor has no flag for a name), console.log (the serial port, which
+// run/ch-<uid>.sock (the API socket, in the run/ folder the VMM may
+// write; its name carries the uid marker by which the provider finds the
+// process again after a restart, as Cloud Hypervisor has no flag for a
+// name), console.log (the serial port, which
 // is the VMM's stdout: "Tty" mode, since "File" mode truncates the file at
 // every start), vmm.log (the VMM's stderr, virtiofsd's output and the
 // provider's notes), vmm.config.json (the vm.create document and the
-// devices added), vsock.sock with a guest agent, and
+// devices added), vsock.sock (a link to run/vsock.sock) with a guest
+// agent, and
 // virtiofs-<uid>-<n>.sock per shared folder.
 //
 // Shared folders (virtio-fs) are each served by a virtiofsd the provider
 // starts before the VMM (the Rust daemon or QEMU's); it ends with the VMM's
 // connection. Guest memory is then shared, as vhost-user needs.
+//
+// With Options.User the VMM runs unprivileged (privilege.go): network
+// devices are passed as descriptors and files are granted one by one.
 //
 // A guest reboot restarts the guest inside the same process (Cloud
 // Hypervisor has no "exit on reboot"), so a guest that panics with panic=N
@@ -41,6 +46,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,6 +74,10 @@ type Options struct {
 	StartTimeout time.Duration
 	// ExtraArgs are appended to Cloud Hypervisor's command line.
 	ExtraArgs []string
+	// User is who Cloud Hypervisor runs as (privilege.go); the zero value
+	// keeps the daemon's identity (root). Unprivileged, every network
+	// device is passed as a descriptor.
+	User process.User
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -133,11 +143,16 @@ func (p *Provider) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{NoCloudDisk: true, VirtioFS: p.virtiofsd != "", MacVTap: true, GuestAgent: true, UncompressedKernel: true}
 }
 
-// apiSocketName is the VM's API socket in its folder.
-func apiSocketName(uid string) string { return "ch-" + uid + ".sock" }
+// apiSocketName is the VM's API socket, in the run/ folder of the VM's
+// folder (which the VMM may write: it creates the socket).
+func apiSocketName(uid string) string { return filepath.Join(runDir, "ch-"+uid+".sock") }
 
 // sock is the host path of a VM's API socket.
 func sock(uid, dir string) string { return filepath.Join(dir, apiSocketName(uid)) }
+
+// vsockName is the guest agent's socket as Cloud Hypervisor makes it;
+// vmm.GuestAgentSocket in the VM folder links to it.
+var vsockName = filepath.Join(runDir, vmm.GuestAgentSocket)
 
 // buildArgs is the VMM's command line; apiSock is the socket as given to
 // it (see process.SocketArg).
@@ -252,10 +267,16 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 			return fail(err)
 		}
 	}
-	for _, name := range []string{apiSocketName(vm.UID), vmm.GuestAgentSocket} {
+	if err := prepareRunDir(p.opts.User, vm.Dir); err != nil {
+		return fail(err)
+	}
+	for _, name := range []string{apiSocketName(vm.UID), vsockName} {
 		if err := process.RemoveStale(filepath.Join(vm.Dir, name)); err != nil {
 			return fail(err)
 		}
+	}
+	if err := grant(p.opts.User, vm); err != nil {
+		return fail(err)
 	}
 	console, err := process.OpenAppend(filepath.Join(vm.Dir, process.ConsoleFile))
 	if err != nil {
@@ -268,22 +289,25 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	}
 	defer logf.Close()
 
-	// The macvtap devices' descriptors, opened before anything starts.
-	var tapFiles []*os.File
+	// The descriptors of the network devices passed with vm.add-net
+	// (macvtaps; every device for an unprivileged VMM), opened before
+	// anything starts, by index in vm.Nets.
+	byFD := !p.opts.User.IsRoot()
+	netFiles := make([]*os.File, len(vm.Nets))
 	defer func() {
-		for _, f := range tapFiles {
-			f.Close()
+		for _, f := range netFiles {
+			if f != nil {
+				f.Close()
+			}
 		}
 	}()
-	for _, n := range vm.Nets {
-		if !n.MacVTap {
+	for i, n := range vm.Nets {
+		if !n.MacVTap && !byFD {
 			continue
 		}
-		f, err := os.OpenFile(fmt.Sprintf("/dev/tap%d", n.HostIndex), os.O_RDWR, 0)
-		if err != nil {
-			return fail(fmt.Errorf("macvtap %q: %w", n.HostDevice, err))
+		if netFiles[i], err = openNetFD(n); err != nil {
+			return fail(err)
 		}
-		tapFiles = append(tapFiles, f)
 	}
 
 	defer func() {
@@ -296,7 +320,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err != nil {
 		return fail(err)
 	}
-	pl := buildPlan(vm, fsSockets, process.SocketArg(vm.Dir, vmm.GuestAgentSocket))
+	pl := buildPlan(vm, fsSockets, process.SocketArg(vm.Dir, vsockName), byFD)
 	doc, err := json.MarshalIndent(map[string]any{"vm.create": pl.config, "vm.add-net": pl.addNet}, "", "  ")
 	if err != nil {
 		return fail(err)
@@ -308,7 +332,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := os.WriteFile(filepath.Join(vm.Dir, process.CmdlineFile), []byte(process.FormatCmdline(argv, []string{"api socket " + sock(vm.UID, vm.Dir)})), 0o640); err != nil {
 		return fail(err)
 	}
-	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: console, Stderr: logf}
+	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: console, Stderr: logf, SysProcAttr: credential(p.opts.User)}
 	c, err := p.sup.Launch(vm.UID, vm.Dir, cmd)
 	if err != nil {
 		return fail(err)
@@ -331,12 +355,10 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := api.call(ctx, "vm.create", pl.config, nil); err != nil {
 		return fail(err)
 	}
-	ti := 0
 	for k, nc := range pl.addNet {
 		var files []*os.File
-		if vm.Nets[pl.netOf[k]].MacVTap {
-			files = tapFiles[ti : ti+1]
-			ti++
+		if f := netFiles[pl.netOf[k]]; f != nil {
+			files = []*os.File{f}
 		}
 		if err := api.call(ctx, "vm.add-net", nc, files); err != nil {
 			return fail(err)
@@ -351,36 +373,53 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err != nil {
 		return fail(err)
 	}
-	p.log.Info("vmm started", "uid", vm.UID, "pid", c.Pid, "state", st.State, "elapsed", time.Since(started))
+	p.log.Info("vmm started", "uid", vm.UID, "pid", c.Pid, "user", p.opts.User.Name, "state", st.State, "elapsed", time.Since(started))
 	return st, nil
 }
 
 // apiTimeout bounds one API exchange with a running VMM.
 const apiTimeout = 5 * time.Second
 
-// status asks VMM pid for the VM's state.
+// status asks VMM pid for the VM's state (see guestState).
 func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.Status, error) {
 	actx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	info, err := client{sock: sock(uid, dir)}.info(actx)
-	if err == nil {
-		st := vmm.Status{State: vmm.StatePaused, Pid: pid}
-		switch info.State {
-		case stateRunning:
-			st.State = vmm.StateRunning
-		case statePaused, stateCreated, stateBreakPoint: // Created: not booted yet
-		case stateShutdown:
-			// The VMM lives on without a guest: for the VM, it has ended.
-			st.State, st.Reason = vmm.StateExited, "cloud-hypervisor reports the VM shut down"
-		default:
-			st.Reason = "cloud-hypervisor state " + info.State
-		}
+	var apiErr *process.APIError
+	switch {
+	case err == nil:
+		st := guestState(info.State)
+		st.Pid = pid
 		return st, nil
+	case errors.As(err, &apiErr) && apiErr.Status == 404:
+		// The VMM answers but holds no VM (vm.delete): no guest runs.
+		return vmm.Status{State: vmm.StateFailed, Pid: pid, Reason: "cloud-hypervisor runs without a VM: " + apiErr.Message}, nil
 	}
 	if p.sup.WaitExit(ctx, pid, uid, 500*time.Millisecond) {
 		return p.sup.Exited(uid, dir), nil
 	}
 	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: cloud-hypervisor %d: %w", uid, pid, err)
+}
+
+// guestState maps vm.info's state for the supervisor. A guest power-off
+// ends the process (seen by the exit watch), so a live VMM whose VM is
+// Shutdown had it shut down behind flintlockd's back: the guest is dead
+// behind a live VMM (StateFailed: the reconciler stops the VMM and
+// applies the restart policy). BreakPoint is a debugger's stop (gdb
+// stub): the guest is paused, not dead. States this provider does not
+// know are treated as failed too, with the state as the reason.
+func guestState(state string) vmm.Status {
+	switch state {
+	case stateRunning:
+		return vmm.Status{State: vmm.StateRunning}
+	case statePaused, stateCreated: // Created: not booted yet (StartPaused)
+		return vmm.Status{State: vmm.StatePaused}
+	case stateBreakPoint:
+		return vmm.Status{State: vmm.StatePaused, Reason: "stopped at a debugger breakpoint"}
+	case stateShutdown:
+		return vmm.Status{State: vmm.StateFailed, Reason: "cloud-hypervisor reports the VM shut down while the VMM runs"}
+	}
+	return vmm.Status{State: vmm.StateFailed, Reason: "cloud-hypervisor reports the unknown VM state " + strconv.Quote(state)}
 }
 
 // Status implements vmm.Provider.

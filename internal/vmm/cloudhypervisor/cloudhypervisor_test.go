@@ -190,7 +190,7 @@ func TestLifecycle(t *testing.T) {
 		t.Error("the guest did not get its kernel command line")
 	}
 	fsSock := filepath.Join(d, fsSocketName(vm.UID, 0))
-	checkCalls(t, journal(t, filepath.Join(d, "fake-cloud-hypervisor.journal")), []wantCall{
+	checkCalls(t, journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal")), []wantCall{
 		{Method: "PUT", Path: "/api/v1/vm.create", Body: `{
 			"cpus": {"boot_vcpus": 2, "max_vcpus": 2},
 			"memory": {"size": 268435456, "shared": true},
@@ -201,7 +201,7 @@ func TestLifecycle(t *testing.T) {
 			"fs": [{"tag": "shared", "socket": "` + fsSock + `", "num_queues": 1, "queue_size": 1024, "id": "fs0"}],
 			"serial": {"mode": "Tty"},
 			"console": {"mode": "Off"},
-			"vsock": {"cid": 3, "socket": "` + d + `/vsock.sock"}}`},
+			"vsock": {"cid": 3, "socket": "` + d + `/run/vsock.sock"}}`},
 		{Method: "PUT", Path: "/api/v1/vm.add-net", Body: `{"mac": "` + mvMAC + `", "id": "net0"}`, FDs: 1},
 		{Method: "PUT", Path: "/api/v1/vm.add-net", Body: `{"tap": "` + tap + `", "mac": "02:aa:bb:cc:dd:02", "id": "net1"}`},
 		{Method: "PUT", Path: "/api/v1/vm.boot"},
@@ -286,7 +286,7 @@ func TestLifecycle(t *testing.T) {
 	default:
 		t.Fatal("Wait channel open after Stop")
 	}
-	calls := journal(t, filepath.Join(d, "fake-cloud-hypervisor.journal"))
+	calls := journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal"))
 	checkCalls(t, calls[len(calls)-3:], []wantCall{
 		{Method: "PUT", Path: "/api/v1/vm.pause"},
 		{Method: "PUT", Path: "/api/v1/vm.resume"},
@@ -334,7 +334,7 @@ func TestStopEscalates(t *testing.T) {
 	if el := time.Since(start); el < 400*time.Millisecond || el > 3*time.Second {
 		t.Errorf("stop took %v", el)
 	}
-	calls := journal(t, filepath.Join(vm.Dir, "fake-cloud-hypervisor.journal"))
+	calls := journal(t, filepath.Join(vm.Dir, runDir, "fake-cloud-hypervisor.journal"))
 	checkCalls(t, calls[len(calls)-4:], []wantCall{
 		{Method: "PUT", Path: "/api/v1/vm.power-button"},
 		{Method: "PUT", Path: "/api/v1/vm.shutdown"},
@@ -348,7 +348,8 @@ func TestStopEscalates(t *testing.T) {
 }
 
 // StartPaused creates the VM but boots it only on Resume; a VM shut down
-// through the API while the VMM lives reads as exited.
+// (or deleted) through the API while the VMM lives is a dead guest behind
+// a live VMM: failed, so supervision applies.
 func TestStartPausedAndShutdown(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
@@ -358,7 +359,7 @@ func TestStartPausedAndShutdown(t *testing.T) {
 	if err != nil || st.State != vmm.StatePaused {
 		t.Fatalf("Start paused: %+v, %v", st, err)
 	}
-	for _, c := range journal(t, filepath.Join(vm.Dir, "fake-cloud-hypervisor.journal")) {
+	for _, c := range journal(t, filepath.Join(vm.Dir, runDir, "fake-cloud-hypervisor.journal")) {
 		if c.Path == "/api/v1/vm.boot" {
 			t.Fatal("booted before Resume")
 		}
@@ -378,8 +379,29 @@ func TestStartPausedAndShutdown(t *testing.T) {
 		t.Fatalf("vm.shutdown: %+v, %v", resp, err)
 	}
 	st, err = p.Status(ctx, vm.UID, vm.Dir)
-	if err != nil || st.State != vmm.StateExited || st.Pid == 0 || !strings.Contains(st.Reason, "shut down") {
+	if err != nil || st.State != vmm.StateFailed || st.Pid == 0 || !strings.Contains(st.Reason, "shut down") {
 		t.Fatalf("status of a shut-down VM: %+v, %v", st, err)
+	}
+	resp, err = process.Do(ctx, sock(vm.UID, vm.Dir), "PUT", "/api/v1/vm.delete", nil, nil)
+	if err != nil || resp.Status != 204 {
+		t.Fatalf("vm.delete: %+v, %v", resp, err)
+	}
+	st, err = p.Status(ctx, vm.UID, vm.Dir)
+	if err != nil || st.State != vmm.StateFailed || st.Pid == 0 || !strings.Contains(st.Reason, "without a VM") || !strings.Contains(st.Reason, "VM is not created") {
+		t.Fatalf("status of a deleted VM: %+v, %v", st, err)
+	}
+}
+
+// TestGuestStateMapping: vm.info's states as the supervisor sees them.
+func TestGuestStateMapping(t *testing.T) {
+	for state, want := range map[string]vmm.State{
+		"Running": vmm.StateRunning, "Paused": vmm.StatePaused, "Created": vmm.StatePaused,
+		"BreakPoint": vmm.StatePaused, "Shutdown": vmm.StateFailed, "Crashed": vmm.StateFailed,
+	} {
+		got := guestState(state)
+		if got.State != want || (want == vmm.StateFailed && got.Reason == "") {
+			t.Errorf("state %q: %+v, want %s", state, got, want)
+		}
 	}
 }
 

@@ -111,8 +111,9 @@ type plan struct {
 
 // buildPlan turns a VM into Cloud Hypervisor's configuration. fsSockets
 // are the virtiofsd sockets for vm.SharedDirs and vsock the guest agent's
-// socket, as Cloud Hypervisor is given them.
-func buildPlan(vm vmm.VM, fsSockets []string, vsock string) plan {
+// socket, as Cloud Hypervisor is given them. With byFD every network
+// device is passed as a descriptor (an unprivileged VMM opens none).
+func buildPlan(vm vmm.VM, fsSockets []string, vsock string, byFD bool) plan {
 	cfg := VMConfig{
 		CPUs:    CPUsConfig{BootVCPUs: vm.VCPU, MaxVCPUs: vm.VCPU},
 		Memory:  MemoryConfig{Size: int64(vm.MemoryMB) << 20},
@@ -127,17 +128,17 @@ func buildPlan(vm vmm.VM, fsSockets []string, vsock string) plan {
 		cfg.Disks = append(cfg.Disks, DiskConfig{Path: d.Path, Readonly: d.ReadOnly, ID: fmt.Sprintf("disk%d", i), Serial: diskSerial(d.ID)})
 	}
 	// Devices are enumerated in configuration order, and devices added
-	// with vm.add-net go after those of vm.create: when any device is a
-	// macvtap (which only vm.add-net takes), all of them are added, in
-	// order.
+	// with vm.add-net go after those of vm.create: when any device is
+	// passed as a descriptor (a macvtap; every device with byFD), which
+	// only vm.add-net takes, all of them are added, in order.
 	p := plan{}
-	macvtap := false
+	macvtap := byFD
 	for _, n := range vm.Nets {
 		macvtap = macvtap || n.MacVTap
 	}
 	for i, n := range vm.Nets {
 		nc := NetConfig{MAC: n.GuestMAC, ID: fmt.Sprintf("net%d", i)}
-		if !n.MacVTap {
+		if !n.MacVTap && !byFD {
 			nc.Tap = n.HostDevice
 		}
 		if macvtap {

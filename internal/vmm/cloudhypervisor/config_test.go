@@ -47,7 +47,7 @@ func TestPlan(t *testing.T) {
 		"console": {"mode": "Off"}`
 
 	// TAP devices only: all in vm.create.
-	p := buildPlan(base, nil, "")
+	p := buildPlan(base, nil, "", false)
 	checkDoc(t, "taps", p.config, `{`+common+`,
 		"memory": {"size": 536870912},
 		"net": [
@@ -66,18 +66,28 @@ func TestPlan(t *testing.T) {
 	}
 	full.SharedDirs = []vmm.SharedDir{{Tag: "data", HostPath: "/srv/data"}, {Tag: "logs", HostPath: "/srv/logs"}}
 	full.GuestAgent = true
-	p = buildPlan(full, []string{"/vm/virtiofs-U1-0.sock", "virtiofs-U1-1.sock"}, "/vm/vsock.sock")
+	p = buildPlan(full, []string{"/vm/virtiofs-U1-0.sock", "virtiofs-U1-1.sock"}, "/vm/run/vsock.sock", false)
 	checkDoc(t, "full", p.config, `{`+common+`,
 		"memory": {"size": 536870912, "shared": true},
 		"fs": [
 			{"tag": "data", "socket": "/vm/virtiofs-U1-0.sock", "num_queues": 1, "queue_size": 1024, "id": "fs0"},
 			{"tag": "logs", "socket": "virtiofs-U1-1.sock", "num_queues": 1, "queue_size": 1024, "id": "fs1"}],
-		"vsock": {"cid": 3, "socket": "/vm/vsock.sock"}}`)
+		"vsock": {"cid": 3, "socket": "/vm/run/vsock.sock"}}`)
 	if len(p.addNet) != 2 || p.netOf[0] != 0 || p.netOf[1] != 1 {
 		t.Fatalf("add-net plan %+v %v", p.addNet, p.netOf)
 	}
 	checkDoc(t, "add-net 0", p.addNet[0], `{"mac": "02:00:00:00:00:07", "id": "net0"}`)
 	checkDoc(t, "add-net 1", p.addNet[1], `{"tap": "fltap1", "mac": "02:00:00:00:00:02", "id": "net1"}`)
+
+	// An unprivileged VMM: every device is passed as a descriptor with
+	// vm.add-net, none by name.
+	p = buildPlan(base, nil, "", true)
+	checkDoc(t, "by fd", p.config, `{`+common+`, "memory": {"size": 536870912}}`)
+	if len(p.addNet) != 2 || p.netOf[0] != 0 || p.netOf[1] != 1 {
+		t.Fatalf("add-net plan by fd %+v %v", p.addNet, p.netOf)
+	}
+	checkDoc(t, "by fd 0", p.addNet[0], `{"mac": "02:00:00:00:00:01", "id": "net0"}`)
+	checkDoc(t, "by fd 1", p.addNet[1], `{"id": "net1"}`)
 }
 
 func checkDoc(t *testing.T, name string, doc any, want string) {

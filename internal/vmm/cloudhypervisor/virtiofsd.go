@@ -87,6 +87,12 @@ func (p *Provider) startVirtiofsd(ctx context.Context, vm vmm.VM, logf *os.File)
 		path := filepath.Join(vm.Dir, fsSocketName(vm.UID, i))
 		for {
 			if _, err := os.Stat(path); err == nil {
+				// The VMM connects to it: an unprivileged one needs write.
+				if !p.opts.User.IsRoot() {
+					if err := os.Chown(path, int(p.opts.User.UID), int(p.opts.User.GID)); err != nil {
+						return nil, fmt.Errorf("virtiofsd socket: %w", err)
+					}
+				}
 				break
 			} else if !errors.Is(err, fs.ErrNotExist) {
 				return nil, err

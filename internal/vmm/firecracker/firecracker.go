@@ -427,14 +427,8 @@ func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.St
 	defer cancel()
 	info, err := client{sock: sock(dir)}.info(actx)
 	if err == nil {
-		st := vmm.Status{State: vmm.StatePaused, Pid: pid}
-		switch info.State {
-		case stateRunning:
-			st.State = vmm.StateRunning
-		case statePaused, stateNotStarted: // not booted yet: StartPaused
-		default:
-			st.Reason = "firecracker state " + info.State
-		}
+		st := guestState(info.State)
+		st.Pid = pid
 		return st, nil
 	}
 	// The API hangs up on a VMM that is exiting: give it a moment.
@@ -442,6 +436,21 @@ func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.St
 		return p.sup.Exited(uid, dir), nil
 	}
 	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: firecracker %d: %w", uid, pid, err)
+}
+
+// guestState maps the instance state for the supervisor. Firecracker
+// ends its process when the guest powers off, reboots or panics (the exit
+// watch sees that), so its API knows only Not started, Running and
+// Paused; any other answer means the VMM no longer runs a guest it can
+// describe: failed, with the state as the reason.
+func guestState(state string) vmm.Status {
+	switch state {
+	case stateRunning:
+		return vmm.Status{State: vmm.StateRunning}
+	case statePaused, stateNotStarted: // not booted yet: StartPaused
+		return vmm.Status{State: vmm.StatePaused}
+	}
+	return vmm.Status{State: vmm.StateFailed, Reason: "firecracker reports the unknown instance state " + strconv.Quote(state)}
 }
 
 // Status implements vmm.Provider.

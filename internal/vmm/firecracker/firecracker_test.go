@@ -401,6 +401,32 @@ func TestGuestPanic(t *testing.T) {
 	}
 }
 
+// TestGuestStateMapping: the instance states of GET / as the supervisor
+// sees them, through the fake's API server; a state Firecracker's API does
+// not list reads as a failed guest behind a live VMM.
+func TestGuestStateMapping(t *testing.T) {
+	for state, want := range map[string]vmm.State{
+		"Running": vmm.StateRunning, "Paused": vmm.StatePaused, "Not started": vmm.StatePaused,
+		"Crashed": vmm.StateFailed, "": vmm.StateFailed,
+	} {
+		if got := guestState(state); got.State != want || (want == vmm.StateFailed) != strings.Contains(got.Reason, "unknown instance state") {
+			t.Errorf("state %q: %+v, want %s", state, got, want)
+		}
+	}
+	p := newProvider(t, Options{})
+	vm := newVM(t, p)
+	vm.Cmdline += " fake.state=Crashed"
+	ctx := testCtx(t, time.Minute)
+	started, err := p.Start(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Status(ctx, vm.UID, vm.Dir)
+	if err != nil || st.State != vmm.StateFailed || st.Pid != started.Pid || !strings.Contains(st.Reason, `"Crashed"`) {
+		t.Fatalf("status: %+v, %v", st, err)
+	}
+}
+
 // Firecracker's refusals come back from Start with its fault message, and
 // leave no process behind.
 func TestAPIErrors(t *testing.T) {

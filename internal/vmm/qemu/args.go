@@ -23,7 +23,10 @@ type launch struct {
 	// host device, opened by the provider (/dev/net/tun attached to the
 	// TAP, or the macvtap's /dev/tapN).
 	tapFDs map[int]int
-	extra  []string
+	// fsSockets are the virtiofsd sockets of vm.SharedDirs, in order, as
+	// QEMU (running in vm.Dir) is given them.
+	fsSockets []string
+	extra     []string
 }
 
 // buildArgs returns the QEMU argument vector, argv[0] included.
@@ -35,6 +38,9 @@ type launch struct {
 func buildArgs(l launch) []string {
 	vm := l.vm
 	machine := "microvm,accel=" + l.accel + ",rtc=on"
+	if len(vm.SharedDirs) > 0 {
+		machine += ",memory-backend=" + sharedMemID // see sharedMemArgs
+	}
 	cpu := "max"
 	if l.accel == "kvm" {
 		cpu = "host"
@@ -47,10 +53,13 @@ func buildArgs(l launch) []string {
 		"-cpu", cpu,
 		"-m", strconv.Itoa(vm.MemoryMB),
 		"-smp", strconv.Itoa(vm.VCPU),
+	}
+	args = append(args, sharedMemArgs(vm)...)
+	args = append(args,
 		"-nodefaults", "-no-user-config", "-nographic",
 		// Any guest reboot (reboot=t, panic=-1) ends the process.
 		"-no-reboot",
-	}
+	)
 	if vm.StartPaused {
 		args = append(args, "-S")
 	}
@@ -96,6 +105,7 @@ func buildArgs(l launch) []string {
 		}
 		args = append(args, "-netdev", netdev, "-device", dev)
 	}
+	args = append(args, sharedDirArgs(vm, l.fsSockets)...)
 	return append(args, l.extra...)
 }
 

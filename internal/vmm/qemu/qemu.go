@@ -13,8 +13,9 @@
 //
 // Files in the VM folder: vmm.cmdline (the command line, for operators; its
 // presence also means a VMM was started there), vmm.pid (written by QEMU),
-// qmp.sock, console.log (the serial console, appended to) and vmm.log
-// (QEMU's own output and the provider's notes, appended to).
+// qmp.sock, console.log (the serial console, appended to), vmm.log
+// (QEMU's own output, virtiofsd's and the provider's notes, appended to)
+// and virtiofs-<uid>-<n>.sock per shared folder (see virtiofs.go).
 package qemu
 
 import (
@@ -55,6 +56,10 @@ type Options struct {
 	// StartTimeout bounds how long Start waits for QMP to answer
 	// (default 10s).
 	StartTimeout time.Duration
+	// Virtiofsd serves shared folders (virtio-fs). Default: the first of
+	// process.VirtiofsdCandidates found; without one, VMs with shared
+	// folders are refused (Capabilities.VirtioFS is false).
+	Virtiofsd string
 	// ExtraArgs are appended to every QEMU command line.
 	ExtraArgs []string
 	// User is who QEMU runs as (the zero value: root, the daemon's own
@@ -71,6 +76,8 @@ type Provider struct {
 	log    *slog.Logger
 	tscKHz func() int
 	sup    *process.Supervisor
+	// virtiofsd is nil when no virtiofsd was found.
+	virtiofsd *process.Virtiofsd
 
 	mu     sync.Mutex
 	probes map[probeKey]*probe
@@ -109,6 +116,13 @@ func New(opts Options) (*Provider, error) {
 		log:    opts.Logger.With("provider", Name),
 		probes: map[probeKey]*probe{},
 	}
+	vfsd, err := process.LookupVirtiofsd(opts.Virtiofsd)
+	if err != nil {
+		return nil, err
+	}
+	if vfsd != "" {
+		p.virtiofsd = &process.Virtiofsd{Binary: vfsd, StartTimeout: opts.StartTimeout, Logger: p.log}
+	}
 	p.sup = process.NewSupervisor(process.SupervisorOptions{
 		UIDOf:            func(argv []string) string { return argvUID(argv, bin) },
 		VMMWritesPidFile: true, // -pidfile
@@ -132,7 +146,7 @@ func (p *Provider) Name() string { return Name }
 
 // Capabilities implements vmm.Provider.
 func (p *Provider) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{NoCloudDisk: true, VirtioFS: false, MacVTap: true, Qcow2: true}
+	return vmm.Capabilities{NoCloudDisk: true, VirtioFS: p.virtiofsd != nil, MacVTap: true, Qcow2: true}
 }
 
 var uidPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -176,6 +190,9 @@ func validate(vm vmm.VM) error {
 // guest running (or paused with StartPaused).
 func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err error) {
 	if err := validate(vm); err != nil {
+		return vmm.Status{}, err
+	}
+	if err := p.validateShares(vm); err != nil {
 		return vmm.Status{}, err
 	}
 	unlock, err := process.LockDir(ctx, vm.Dir)
@@ -227,6 +244,9 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 		comments = append(comments, fmt.Sprintf("fd %d: %s", l.tapFDs[i], what))
 		files = append(files, f)
 	}
+	for i := range vm.SharedDirs { // started below, once vmm.log has the start note
+		l.fsSockets = append(l.fsSockets, process.SocketArg(vm.Dir, process.VirtiofsSocketName(vm.UID, i)))
+	}
 	argv := buildArgs(l)
 
 	if err := os.WriteFile(filepath.Join(vm.Dir, process.CmdlineFile), []byte(process.FormatCmdline(argv, comments)), 0o640); err != nil {
@@ -242,6 +262,16 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
 	files = append(files, logf) // closed with the others; not in ExtraFiles
+	if _, err := p.startShares(ctx, vm, logf); err != nil {
+		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
+	}
+	defer func() {
+		if err != nil { // runs after the VMM is killed (deferred later)
+			if serr := p.stopShares(vm.UID, vm.Dir); serr != nil {
+				p.log.Warn("cannot stop virtiofsd", "uid", vm.UID, "error", serr)
+			}
+		}
+	}()
 	if err := grant(p.opts.User, vm); err != nil {
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
@@ -360,10 +390,19 @@ func (p *Provider) Stop(ctx context.Context, uid, dir string, timeout time.Durat
 	qmp := func(cmd string) func(context.Context) error {
 		return func(ctx context.Context) error { return qmpDo(ctx, sock, cmd, nil, nil) }
 	}
-	return p.sup.Stop(ctx, uid, dir, timeout, process.StopSteps{
+	err = p.sup.Stop(ctx, uid, dir, timeout, process.StopSteps{
 		Graceful: qmp("system_powerdown"),
 		Quit:     qmp("quit"),
 	})
+	if err != nil {
+		return err
+	}
+	// Once QEMU has gone its virtiofsd daemons exit by themselves; this
+	// ends those that did not (QEMU never connected, a stuck daemon).
+	if err := p.stopShares(uid, dir); err != nil {
+		return fmt.Errorf("vm %q: %w", uid, err)
+	}
+	return nil
 }
 
 // Wait implements vmm.Provider.

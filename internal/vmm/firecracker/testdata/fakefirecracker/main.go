@@ -10,6 +10,8 @@
 //	fake.panic              the guest panics after boot (and, with panic=N,
 //	                        reboots: Firecracker exits)
 //	fake.ignore_ctrlaltdel  the guest ignores Ctrl-Alt-Del
+//	fake.state=S            once booted, GET / reports instance state S
+//	                        (a state the published API does not list)
 //
 // Every API request is appended to fake-firecracker.journal (JSON lines)
 // next to the API socket, for the tests to compare with the published
@@ -213,7 +215,13 @@ func (v *vm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Path
 	switch {
 	case r.Method == "GET" && path == "/":
-		writeJSON(w, map[string]string{"app_name": "Firecracker", "id": v.f.id, "state": v.state, "vmm_version": "1.10.1"})
+		state := v.state
+		for f := range strings.FieldsSeq(v.bootArgs) {
+			if s, ok := strings.CutPrefix(f, "fake.state="); ok && state == "Running" {
+				state = s
+			}
+		}
+		writeJSON(w, map[string]string{"app_name": "Firecracker", "id": v.f.id, "state": state, "vmm_version": "1.10.1"})
 	case r.Method == "GET" && path == "/mmds":
 		if v.mmds == nil {
 			fault(w, 404, "The MMDS data store is not initialized.")
