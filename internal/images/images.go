@@ -295,11 +295,6 @@ func (s *Service) lookup(ctx context.Context, name, sn string) (Image, lookupRes
 	if err != nil {
 		return missing(err)
 	}
-	for _, l := range manifest.Layers {
-		if _, err := cs.Info(ctx, l.Digest); err != nil {
-			return missing(err)
-		}
-	}
 	diffIDs, err := images.RootFS(ctx, cs, manifest.Config)
 	if err != nil {
 		return missing(err)
@@ -308,17 +303,23 @@ func (s *Service) lookup(ctx context.Context, name, sn string) (Image, lookupRes
 		return Image{}, res, fmt.Errorf("image has no layers: %w", errdefs.ErrInvalidArgument)
 	}
 	img := Image{Ref: name, Digest: rec.Target.Digest, ChainID: identity.ChainID(diffIDs), Snapshotter: sn}
-	res.state = imageContentOnly
+	// Unpacked is enough: a pull does not fetch the blobs of layers whose
+	// snapshots already exist (shared with an image unpacked before), so
+	// those blobs may be absent for good.
 	info, err := s.client.SnapshotService(sn).Stat(ctx, img.ChainID.String())
-	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return img, res, nil
-		}
+	switch {
+	case err == nil && info.Kind == snapshots.KindCommitted:
+		res.state = imageReady
+		return img, res, nil
+	case err != nil && !errdefs.IsNotFound(err):
 		return Image{}, res, err
 	}
-	if info.Kind == snapshots.KindCommitted {
-		res.state = imageReady
+	for _, l := range manifest.Layers {
+		if _, err := cs.Info(ctx, l.Digest); err != nil {
+			return missing(err)
+		}
 	}
+	res.state = imageContentOnly
 	return img, res, nil
 }
 
