@@ -89,8 +89,11 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.hostGracePeriod, "host-grace-period", controller.DefaultHostGracePeriod,
 		"how long a deleted machine's host may stay unreachable before the machine is let go without its microVM's deletion")
 	f.DurationVar(&o.hostRPCTimeout, "host-rpc-timeout", controller.DefaultRPCTimeout, "time limit of each call to a flintlock host")
-	f.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 20, "queries per second to the Kubernetes API server")
-	f.IntVar(&o.kubeAPIBurst, "kube-api-burst", 30, "burst of queries to the Kubernetes API server")
+	f.Float32Var(&o.kubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS,
+		"client-side limit of queries per second to the Kubernetes API server; each new machine costs 3 writes, "+
+			"and the API server protects itself with API Priority and Fairness, so this only stops a runaway controller (negative: no limit)")
+	f.IntVar(&o.kubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst,
+		"queries to the Kubernetes API server allowed at once before --kube-api-qps applies (absorbs a burst of new machines' writes)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
 	return cmd

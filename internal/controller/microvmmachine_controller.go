@@ -5,12 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
@@ -18,10 +22,8 @@ import (
 	"k8s.io/utils/ptr"
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	"sigs.k8s.io/cluster-api/util"
+	"sigs.k8s.io/cluster-api/util/annotations"
 	"sigs.k8s.io/cluster-api/util/conditions"
-	"sigs.k8s.io/cluster-api/util/finalizers"
-	"sigs.k8s.io/cluster-api/util/patch"
-	"sigs.k8s.io/cluster-api/util/paused"
 	"sigs.k8s.io/cluster-api/util/predicates"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -77,6 +79,14 @@ const bootstrapDataKey = "value"
 // the same namespace and name (AlreadyExists), which catches the rest; the
 // microVM's uid then goes into spec.providerID, again under optimistic
 // locking.
+//
+// Each write to the API server counts (the manager's client is rate
+// limited, and a hundred machines at once queue behind each other), so a
+// machine whose microVM is created at once costs three writes: the claim,
+// which adds the finalizer too (before any microVM exists); the provider
+// ID; and one status write with every condition. A status that did not
+// change is not written, and a reconcile that reads the machine from a
+// cache still behind this reconciler's own writes waits for the cache.
 type MicrovmMachineReconciler struct {
 	Client   client.Client
 	Recorder record.EventRecorder
@@ -97,6 +107,11 @@ type MicrovmMachineReconciler struct {
 	ResyncInterval time.Duration
 	// RPCTimeout bounds each call to a host; DefaultRPCTimeout when zero.
 	RPCTimeout time.Duration
+
+	// written remembers, per machine, the resourceVersions this
+	// reconciler's own writes have superseded (see behind).
+	writtenMu sync.Mutex
+	written   map[client.ObjectKey]map[string]bool
 }
 
 func (r *MicrovmMachineReconciler) hostGracePeriod() time.Duration {
@@ -150,26 +165,37 @@ type machineScope struct {
 	machine *clusterv1.Machine
 	cluster *clusterv1.Cluster
 	mc      *infrav1.MicrovmCluster
-	// rv is the MicrovmMachine's resourceVersion after this reconcile's
-	// own optimistic-lock writes (the object itself keeps the one it was
-	// read with, so that the patch helper's diff stays free of it).
-	rv string
-	// helper writes the object at the end of the reconcile; it is rebased
-	// after each optimistic-lock write so that it does not write those
-	// changes again (or undo a later reconcile's).
-	helper *patch.Helper
-	// status is the status as read, the base of the helper's status diff.
-	status infrav1.MicrovmMachineStatus
+	// server is the MicrovmMachine as the API server has it, as far as
+	// this reconcile knows: as read, then as each of its writes returned
+	// it. Every write is an optimistic-lock patch from it.
+	server *infrav1.MicrovmMachine
+	// superseded are the resourceVersions this reconcile's writes
+	// replaced.
+	superseded []string
+	// addFinalizer: the finalizer is missing; the first write adds it.
+	addFinalizer bool
+	// paused: the Cluster or the machine is paused; only the Paused
+	// condition is written.
+	paused bool
 }
 
-func (r *MicrovmMachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, reterr error) {
+func (r *MicrovmMachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, reterr error) {
 	log := ctrl.LoggerFrom(ctx)
 	mm := &infrav1.MicrovmMachine{}
 	if err := r.Client.Get(ctx, req.NamespacedName, mm); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.behind(req.NamespacedName, mm.ResourceVersion) {
+		// The cache has not seen this reconciler's last writes yet; their
+		// watch events trigger the next reconcile.
+		log.V(4).Info("Cached machine is older than our last write; waiting for the cache", "resourceVersion", mm.ResourceVersion)
+		return ctrl.Result{}, nil
+	}
 	deleting := !mm.DeletionTimestamp.IsZero()
-	s := &machineScope{mm: mm, rv: mm.ResourceVersion}
+	s := &machineScope{mm: mm, server: mm.DeepCopy()}
 
 	machine, err := util.GetOwnerMachine(ctx, r.Client, mm.ObjectMeta)
 	if err != nil && !(deleting && apierrors.IsNotFound(err)) {
@@ -201,32 +227,82 @@ func (r *MicrovmMachineReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, nil
 	}
 
-	if added, err := finalizers.EnsureFinalizer(ctx, r.Client, mm, infrav1.MachineFinalizer); err != nil || added {
-		return ctrl.Result{}, err
-	}
 	if s.mc, err = r.microvmCluster(ctx, s.cluster); err != nil {
 		return ctrl.Result{}, err
 	}
+	s.paused = s.cluster != nil && isPaused(s.cluster, mm)
+	// The finalizer goes with the machine's first write: the claim of the
+	// create attempt (so it is there before any microVM is), or else the
+	// write at the end of this reconcile.
+	s.addFinalizer = !deleting && !s.paused && !controllerutil.ContainsFinalizer(mm, infrav1.MachineFinalizer)
 
-	if s.helper, err = patch.NewHelper(mm, r.Client); err != nil {
-		return ctrl.Result{}, err
-	}
-	s.status = *mm.Status.DeepCopy()
-	if s.cluster != nil {
-		if isPaused, requeue, err := paused.EnsurePausedCondition(ctx, r.Client, s.cluster, mm); err != nil || isPaused || requeue {
-			return ctrl.Result{}, err
-		}
-	}
 	defer func() {
-		if err := r.patch(ctx, s.helper, mm); err != nil {
-			reterr = kerrors.NewAggregate([]error{reterr, err})
-		}
+		res, reterr = r.write(ctx, s, res, reterr)
+		r.remember(req.NamespacedName, s.superseded)
 	}()
-
-	if deleting {
+	switch {
+	case s.paused:
+		return ctrl.Result{}, nil
+	case deleting:
 		return r.reconcileDelete(ctx, s)
 	}
 	return r.reconcileNormal(ctx, s)
+}
+
+// isPaused says whether the machine is paused, by its Cluster or by the
+// paused annotation.
+func isPaused(cluster *clusterv1.Cluster, mm *infrav1.MicrovmMachine) bool {
+	return ptr.Deref(cluster.Spec.Paused, false) || annotations.HasPaused(mm)
+}
+
+// setPaused sets the Paused condition as Cluster API's contract has it.
+func setPaused(cluster *clusterv1.Cluster, mm *infrav1.MicrovmMachine) {
+	if !isPaused(cluster, mm) {
+		conditions.Set(mm, metav1.Condition{Type: infrav1.PausedCondition, Status: metav1.ConditionFalse, Reason: clusterv1.NotPausedReason})
+		return
+	}
+	var why []string
+	if ptr.Deref(cluster.Spec.Paused, false) {
+		why = append(why, "Cluster spec.paused is set to true")
+	}
+	if annotations.HasPaused(mm) {
+		why = append(why, "MicrovmMachine has the "+clusterv1.PausedAnnotation+" annotation")
+	}
+	conditions.Set(mm, metav1.Condition{Type: infrav1.PausedCondition, Status: metav1.ConditionTrue,
+		Reason: clusterv1.PausedReason, Message: strings.Join(why, ", ")})
+}
+
+// behind says whether rv is one this reconciler's own writes replaced:
+// the cache has not caught up with them yet.
+func (r *MicrovmMachineReconciler) behind(key client.ObjectKey, rv string) bool {
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	return r.written[key][rv]
+}
+
+// remember records the resourceVersions a reconcile's writes replaced,
+// instead of the ones recorded before (which the cache had passed when
+// that reconcile read the machine).
+func (r *MicrovmMachineReconciler) remember(key client.ObjectKey, superseded []string) {
+	if len(superseded) == 0 {
+		return
+	}
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	if r.written == nil {
+		r.written = map[client.ObjectKey]map[string]bool{}
+	}
+	set := make(map[string]bool, len(superseded))
+	for _, rv := range superseded {
+		set[rv] = true
+	}
+	r.written[key] = set
+}
+
+func (r *MicrovmMachineReconciler) forget(key client.ObjectKey) {
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	delete(r.written, key)
 }
 
 // microvmCluster returns the cluster's MicrovmCluster, or nil when the
@@ -246,22 +322,66 @@ func (r *MicrovmMachineReconciler) microvmCluster(ctx context.Context, cluster *
 	return mc, nil
 }
 
-// patch sets the summary Ready condition and writes the object.
-func (r *MicrovmMachineReconciler) patch(ctx context.Context, h *patch.Helper, mm *infrav1.MicrovmMachine) error {
-	if !mm.DeletionTimestamp.IsZero() {
+// write ends a reconcile: it sets the Paused and summary Ready conditions
+// and writes what changed, the status in one write and then the
+// finalizers, each under optimistic locking (status first: removing the
+// last finalizer of a deleted machine removes the machine, whose status is
+// then not written at all). A write that finds the machine changed by
+// someone else retries the reconcile shortly.
+func (r *MicrovmMachineReconciler) write(ctx context.Context, s *machineScope, res ctrl.Result, reterr error) (ctrl.Result, error) {
+	mm := s.mm
+	if s.cluster != nil {
+		setPaused(s.cluster, mm)
+	}
+	switch {
+	case s.paused:
+	case !mm.DeletionTimestamp.IsZero():
 		conditions.Set(mm, metav1.Condition{
 			Type:    infrav1.ReadyCondition,
 			Status:  metav1.ConditionFalse,
 			Reason:  infrav1.DeletingReason,
 			Message: conditions.GetMessage(mm, infrav1.MicrovmReadyCondition),
 		})
-	} else if err := conditions.SetSummaryCondition(mm, mm, infrav1.ReadyCondition,
-		conditions.ForConditionTypes{infrav1.MicrovmReadyCondition}); err != nil {
-		return err
+	default:
+		if err := conditions.SetSummaryCondition(mm, mm, infrav1.ReadyCondition,
+			conditions.ForConditionTypes{infrav1.MicrovmReadyCondition}); err != nil {
+			return res, kerrors.NewAggregate([]error{reterr, err})
+		}
 	}
-	return h.Patch(ctx, mm, patch.WithOwnedConditions{Conditions: []string{
-		infrav1.ReadyCondition, infrav1.MicrovmReadyCondition, infrav1.HostReachableCondition, infrav1.PausedCondition,
-	}})
+	// Conditions set before a spec write of this reconcile observed the
+	// generation before it.
+	for i := range mm.Status.Conditions {
+		mm.Status.Conditions[i].ObservedGeneration = mm.Generation
+	}
+	if s.addFinalizer {
+		controllerutil.AddFinalizer(mm, infrav1.MachineFinalizer)
+	}
+	gone := !mm.DeletionTimestamp.IsZero() && len(mm.Finalizers) == 0
+
+	var errs []error
+	if !gone && !equality.Semantic.DeepEqual(mm.Status, s.server.Status) {
+		err := r.casWrite(ctx, s, true, func(m *infrav1.MicrovmMachine) { m.Status = *mm.Status.DeepCopy() })
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("write status: %w", err))
+		}
+	}
+	if len(errs) == 0 && !slices.Equal(mm.Finalizers, s.server.Finalizers) {
+		err := r.casWrite(ctx, s, false, func(m *infrav1.MicrovmMachine) { m.Finalizers = slices.Clone(mm.Finalizers) })
+		if err != nil && !(gone && apierrors.IsNotFound(err)) {
+			errs = append(errs, fmt.Errorf("write finalizers: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		if apierrors.IsConflict(errs[0]) && reterr == nil {
+			ctrl.LoggerFrom(ctx).V(2).Info("The machine changed meanwhile; reconciling again", "error", err.Error())
+			if res.RequeueAfter == 0 || res.RequeueAfter > conflictRetry {
+				res.RequeueAfter = conflictRetry
+			}
+			return res, nil
+		}
+		return res, kerrors.NewAggregate([]error{reterr, err})
+	}
+	return res, reterr
 }
 
 func (r *MicrovmMachineReconciler) reconcileNormal(ctx context.Context, s *machineScope) (ctrl.Result, error) {
@@ -701,26 +821,50 @@ func (r *MicrovmMachineReconciler) leaseLeft(mm *infrav1.MicrovmMachine) time.Du
 }
 
 // casPatch changes metadata or spec of the machine with an optimistic-lock
-// patch based on the latest resourceVersion this reconcile knows, and
-// applies the change to the object in memory too (without its new
-// resourceVersion, which the scope keeps).
+// patch from the machine as this reconcile last knew it on the server (so
+// it fails with a conflict when anyone else changed it since), and applies
+// the change to the object in memory too. A missing finalizer is added by
+// the same write.
 func (r *MicrovmMachineReconciler) casPatch(ctx context.Context, s *machineScope, change func(*infrav1.MicrovmMachine)) error {
-	base := s.mm.DeepCopy()
-	base.ResourceVersion = s.rv
-	// Status is not part of this patch.
-	base.Status = infrav1.MicrovmMachineStatus{}
-	obj := base.DeepCopy()
-	change(obj)
-	if err := r.Client.Patch(ctx, obj, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+	add := s.addFinalizer
+	err := r.casWrite(ctx, s, false, func(m *infrav1.MicrovmMachine) {
+		change(m)
+		if add {
+			controllerutil.AddFinalizer(m, infrav1.MachineFinalizer)
+		}
+	})
+	if err != nil {
 		return err
 	}
-	s.rv = obj.ResourceVersion
 	change(s.mm)
-	before := s.mm.DeepCopy()
-	before.Status = *s.status.DeepCopy()
-	if h, err := patch.NewHelper(before, r.Client); err == nil {
-		s.helper = h
+	if add {
+		controllerutil.AddFinalizer(s.mm, infrav1.MachineFinalizer)
+		s.addFinalizer = false
 	}
+	// A spec change moves the generation, which conditions observe.
+	s.mm.Generation = s.server.Generation
+	return nil
+}
+
+// casWrite writes change to the machine, or to its status subresource,
+// as one JSON merge patch from s.server carrying its resourceVersion, and
+// keeps what the server returns as the new s.server.
+func (r *MicrovmMachineReconciler) casWrite(ctx context.Context, s *machineScope, status bool, change func(*infrav1.MicrovmMachine)) error {
+	base := s.server.DeepCopy()
+	obj := base.DeepCopy()
+	change(obj)
+	p := client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})
+	var err error
+	if status {
+		err = r.Client.Status().Patch(ctx, obj, p)
+	} else {
+		err = r.Client.Patch(ctx, obj, p)
+	}
+	if err != nil {
+		return err
+	}
+	s.superseded = append(s.superseded, s.server.ResourceVersion)
+	s.server = obj
 	return nil
 }
 

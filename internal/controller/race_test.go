@@ -3,6 +3,7 @@ package controller_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -28,17 +29,6 @@ func directReconciler() *controller.MicrovmMachineReconciler {
 	}
 }
 
-// settle runs the first two reconciles of a new machine, which add the
-// finalizer and the Paused condition and stop there.
-func settle(t *testing.T, f *fixture, r *controller.MicrovmMachineReconciler, name string) {
-	t.Helper()
-	reconcileOnce(t, f, r, name)
-	reconcileOnce(t, f, r, name)
-	if mm := f.get(name); len(mm.Finalizers) != 1 || len(mm.Status.Conditions) != 1 {
-		t.Fatalf("%s after two reconciles: finalizers %v, conditions %+v", name, mm.Finalizers, mm.Status.Conditions)
-	}
-}
-
 func reconcileOnce(t *testing.T, f *fixture, r *controller.MicrovmMachineReconciler, name string) ctrl.Result {
 	t.Helper()
 	res, err := r.Reconcile(f.ctx, ctrl.Request{NamespacedName: client.ObjectKey{Namespace: f.ns, Name: name}})
@@ -56,9 +46,10 @@ func totalCreates(f *fixture) int {
 	return n
 }
 
-// TestConcurrentReconcilesCreateOneMicrovm reconciles each machine from
-// several goroutines at once, against hosts that take 300 ms to create a
-// microVM: exactly one CreateMicroVM call and one microVM per machine.
+// TestConcurrentReconcilesCreateOneMicrovm reconciles each new machine
+// from several goroutines at once (their first write, the claim, also adds
+// the finalizer), against hosts that take 300 ms to create a microVM:
+// exactly one CreateMicroVM call and one microVM per machine.
 func TestConcurrentReconcilesCreateOneMicrovm(t *testing.T) {
 	slow := flintlocktest.Options{CreateDelay: 300 * time.Millisecond}
 	f := newFixture(t, fixtureOpts{unmanaged: true, provisioned: true,
@@ -68,7 +59,6 @@ func TestConcurrentReconcilesCreateOneMicrovm(t *testing.T) {
 	for i := range machines {
 		name := fmt.Sprintf("race-%d", i)
 		f.machine(name, machineOpts{deployment: "md"})
-		settle(t, f, r, name)
 		before := totalCreates(f)
 
 		start := make(chan struct{})
@@ -115,6 +105,9 @@ func TestConcurrentReconcilesCreateOneMicrovm(t *testing.T) {
 		if _, held := mm.Annotations[controller.CreateAttemptAnnotation]; held {
 			t.Errorf("%s: the create attempt annotation stayed after the provider ID was recorded", name)
 		}
+		if !slices.Equal(mm.Finalizers, []string{infrav1.MachineFinalizer}) {
+			t.Errorf("%s: finalizers %v, want the machine finalizer once", name, mm.Finalizers)
+		}
 	}
 }
 
@@ -156,7 +149,6 @@ func TestCreateRecovery(t *testing.T) {
 	t.Run("adopts the microVM of a crashed attempt", func(t *testing.T) {
 		f.t = t
 		f.machine("crashed", machineOpts{})
-		settle(t, f, r, "crashed")
 		mm := annotate("crashed", time.Now())
 		uid := createOnHost("crashed", map[string]string{controller.MachineUIDLabel: string(mm.UID)})
 		creates := host.Calls("CreateMicroVM")
@@ -167,12 +159,14 @@ func TestCreateRecovery(t *testing.T) {
 		if host.Calls("CreateMicroVM") != creates {
 			t.Fatal("CreateMicroVM was called again")
 		}
+		if fin := f.get("crashed").Finalizers; !slices.Equal(fin, []string{infrav1.MachineFinalizer}) {
+			t.Fatalf("finalizers %v: the provider ID's write adds the finalizer when no claim did", fin)
+		}
 	})
 
 	t.Run("waits for an attempt in flight", func(t *testing.T) {
 		f.t = t
 		f.machine("inflight", machineOpts{})
-		settle(t, f, r, "inflight")
 		annotate("inflight", time.Now())
 		creates := host.Calls("CreateMicroVM")
 		if res := reconcileOnce(t, f, r, "inflight"); res.RequeueAfter <= 0 {
@@ -193,7 +187,6 @@ func TestCreateRecovery(t *testing.T) {
 		f.t = t
 		createOnHost("taken", map[string]string{controller.MachineUIDLabel: "someone-else"})
 		f.machine("taken", machineOpts{})
-		settle(t, f, r, "taken")
 		reconcileOnce(t, f, r, "taken")
 		mm := f.get("taken")
 		if ptr.Deref(mm.Status.FailureReason, "") != infrav1.FailureReasonCreateError || mm.Spec.ProviderID != "" {
@@ -210,7 +203,6 @@ func TestUnreachableHostWhileCreating(t *testing.T) {
 	host := f.hosts[0]
 	host.Stop()
 	f.machine("m", machineOpts{})
-	settle(t, f, r, "m")
 	res := reconcileOnce(t, f, r, "m")
 	mm := f.get("m")
 	if res.RequeueAfter != poll || mm.Spec.ProviderID != "" {

@@ -17,6 +17,20 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/internal/hostclient"
 )
 
+// Defaults of the manager's client rate to the Kubernetes API server
+// (capmvm --kube-api-qps and --kube-api-burst). A MicrovmMachine costs
+// three writes to get its microVM (the claim with the finalizer, the
+// provider ID, the status), so 100 machines at once are 300 writes: at
+// client-go's usual 20 QPS that queue alone takes some 15 s, at 100 QPS
+// with a burst of 200 it is about a second. The API server protects itself
+// with API Priority and Fairness (controllers land in the workload-high or
+// workload-low priority levels), so the client-side limit only needs to
+// keep a runaway controller from flooding it.
+const (
+	DefaultKubeAPIQPS   = 100
+	DefaultKubeAPIBurst = 200
+)
+
 // NewScheme returns a scheme with the Kubernetes, Cluster API v1beta2 and
 // CAPMVM types.
 func NewScheme() *runtime.Scheme {

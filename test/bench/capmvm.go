@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -41,7 +44,8 @@ var (
 	capmvmMachines    = flag.Int("capmvm-machines", 100, "MicrovmMachines created at once for the CAPMVM figure")
 	capmvmHosts       = flag.Int("capmvm-hosts", 2, "flintlock hosts (test doubles) of the CAPMVM figure")
 	capmvmConcurrency = flag.Int("capmvm-concurrency", 10, "the controllers' --concurrency for the CAPMVM figure")
-	capmvmQPS         = flag.Float64("capmvm-kube-api-qps", 500, "the manager's --kube-api-qps for the CAPMVM figure")
+	capmvmQPS         = flag.Float64("capmvm-kube-api-qps", controller.DefaultKubeAPIQPS, "the manager's --kube-api-qps for the CAPMVM figure (default: capmvm's)")
+	capmvmBurst       = flag.Int("capmvm-kube-api-burst", controller.DefaultKubeAPIBurst, "the manager's --kube-api-burst for the CAPMVM figure (default: capmvm's)")
 )
 
 // CAPMVM goals (issue 3): all machines' microVMs created in 5 s, one gRPC
@@ -51,6 +55,8 @@ const capmvmGoal = 5 * time.Second
 type capmvmResult struct {
 	machines, hosts, concurrency int
 	qps                          float64
+	burst                        int
+	api                          *apiCounts      // the manager's requests to the API server
 	submit                       time.Duration   // creating the MicrovmMachines
 	allProviderID, allReady      time.Duration   // from the first create
 	perMachine                   []time.Duration // create → provisioned, each
@@ -60,6 +66,7 @@ type capmvmResult struct {
 	calls                        int             // every call, all hosts
 	poolCreated                  int
 	reconciles                   float64
+	rewatches                    int // times the bench's watch ended early
 }
 
 // capmvmPhase runs the CAPMVM figure.
@@ -78,7 +85,11 @@ func (b *bench) capmvmPhase(ctx context.Context) error {
 	// capmvm flags --kube-api-qps/--kube-api-burst would.
 	benchCfg := rest.CopyConfig(cfg)
 	benchCfg.QPS, benchCfg.Burst = -1, 0
-	cfg.QPS, cfg.Burst = float32(*capmvmQPS), int(2**capmvmQPS)
+	cfg.QPS, cfg.Burst = float32(*capmvmQPS), *capmvmBurst
+	// Every request of the manager (its controllers, caches and event
+	// recorder) is counted on its way to the API server.
+	api := &apiCounter{}
+	cfg.Wrap(api.wrap)
 
 	var hosts []*flintlocktest.Server
 	defer func() {
@@ -183,7 +194,7 @@ func (b *bench) capmvmPhase(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer w.Stop()
+	defer func() { w.Stop() }()
 	b.step("CAPMVM: %d MicrovmMachines at once, until each has a provider ID and its microVM is CREATED", n)
 	created := make([]time.Time, n)
 	start := time.Now()
@@ -211,26 +222,43 @@ func (b *bench) capmvmPhase(ctx context.Context) error {
 		index[m.Name] = i
 	}
 	withID, ready := map[string]time.Time{}, map[string]time.Time{}
+	see := func(mm *infrav1.MicrovmMachine) {
+		now := time.Now()
+		if _, seen := withID[mm.Name]; !seen && mm.Spec.ProviderID != "" {
+			withID[mm.Name] = now
+		}
+		if _, seen := ready[mm.Name]; !seen && ptr.Deref(mm.Status.Initialization.Provisioned, false) {
+			ready[mm.Name] = now
+		}
+	}
+	rewatches := 0
 	timeout := time.After(2 * time.Minute)
 	for len(ready) < n {
 		select {
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return fmt.Errorf("capmvm: the watch ended with %d of %d machines provisioned", len(ready), n)
+				// The API server may end a watch early (under this load it
+				// sometimes does): list what was missed and watch on.
+				rewatches++
+				var list infrav1.MicrovmMachineList
+				if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+					return fmt.Errorf("capmvm: list after the watch ended: %w", err)
+				}
+				for i := range list.Items {
+					see(&list.Items[i])
+				}
+				w, err = c.Watch(ctx, &infrav1.MicrovmMachineList{}, client.InNamespace(ns),
+					&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
+				if err != nil {
+					return fmt.Errorf("capmvm: watch again: %w", err)
+				}
+				continue
 			}
 			if ev.Type == watch.Error {
 				return fmt.Errorf("capmvm: watch: %v", apierrors.FromObject(ev.Object))
 			}
-			mm, isMM := ev.Object.(*infrav1.MicrovmMachine)
-			if !isMM || ev.Type == watch.Deleted {
-				continue
-			}
-			now := time.Now()
-			if _, seen := withID[mm.Name]; !seen && mm.Spec.ProviderID != "" {
-				withID[mm.Name] = now
-			}
-			if _, seen := ready[mm.Name]; !seen && ptr.Deref(mm.Status.Initialization.Provisioned, false) {
-				ready[mm.Name] = now
+			if mm, isMM := ev.Object.(*infrav1.MicrovmMachine); isMM && ev.Type != watch.Deleted {
+				see(mm)
 			}
 		case <-timeout:
 			return fmt.Errorf("capmvm: %d of %d machines provisioned after 2 minutes", len(ready), n)
@@ -238,7 +266,15 @@ func (b *bench) capmvmPhase(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	r := &capmvmResult{machines: n, hosts: nh, concurrency: *capmvmConcurrency, qps: *capmvmQPS, submit: submit}
+	// The writes are counted once the reconciles the last ones triggered
+	// (and the event recorder's queue) had a second to run.
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r := &capmvmResult{machines: n, hosts: nh, concurrency: *capmvmConcurrency, qps: *capmvmQPS, burst: *capmvmBurst, submit: submit,
+		api: api.snapshot(), rewatches: rewatches}
 	for name, t := range withID {
 		r.allProviderID = max(r.allProviderID, t.Sub(start))
 		_ = name
@@ -320,9 +356,18 @@ func (b *bench) reportCAPMVM(w io.Writer) {
 	t.note("  microVM CREATED), seen through a watch; the %d creates themselves took %s. The hosts are", r.machines, secs(r.submit))
 	t.note("  in-process test doubles of flintlockd that report CREATED at once: the VMs' own work is excluded.")
 	t.note("Per host: %v microVMs, %v TCP connections accepted; %d CreateMicroVM calls, %d calls in all;", r.vms, r.conns, r.creates, r.calls)
-	t.note("  the pool created %d connections. %.0f MicrovmMachine reconciles (%.1f per machine), manager", r.poolCreated, r.reconciles, r.reconciles/float64(r.machines))
-	t.note("  client at %.0f QPS (capmvm --kube-api-qps; its default, 20 like Cluster API's managers, makes", r.qps)
-	t.note("  this about 40 s: some 8 API writes per machine).")
+	t.note("  the pool created %d connections. %.0f MicrovmMachine reconciles (%.1f per machine).", r.poolCreated, r.reconciles, r.reconciles/float64(r.machines))
+	a, nm := r.api, float64(r.machines)
+	t.note("API writes per machine: %.2f to MicrovmMachines (%.2f metadata/spec, %.2f status; %d of all %d",
+		float64(a.mmWrites())/nm, float64(a.mmMeta)/nm, float64(a.mmStatus)/nm, a.mmConflicts, a.mmWrites())
+	t.note("  lost an optimistic lock), %.2f with the events; %d requests of the manager in all (counted",
+		float64(a.writes)/nm, a.requests)
+	t.note("  until a second after the last machine was provisioned). Manager client: --kube-api-qps %.0f,", r.qps)
+	t.note("  --kube-api-burst %d (capmvm's defaults: %d, %d).", r.burst, controller.DefaultKubeAPIQPS, controller.DefaultKubeAPIBurst)
+	if r.rewatches > 0 {
+		t.note("The API server ended the bench's watch early %d time(s); the times of what it missed are", r.rewatches)
+		t.note("  when a list found them.")
+	}
 	t.print(w)
 }
 
@@ -351,3 +396,51 @@ func (b *bench) capmvmSummary(t *table) {
 	}
 	t.add("CAPMVM: gRPC connections per host", fmt.Sprint(r.conns), "1 each", verdict(one))
 }
+
+// apiCounter counts the requests a client makes to the API server: all of
+// them, the writes, and the writes to MicrovmMachines (metadata and spec,
+// or the status subresource) with those refused for a stale
+// resourceVersion (409).
+type apiCounter struct {
+	requests, writes, mmMeta, mmStatus, mmConflicts atomic.Int64
+}
+
+// apiCounts is a snapshot of an apiCounter.
+type apiCounts struct {
+	requests, writes, mmMeta, mmStatus, mmConflicts int64
+}
+
+func (c apiCounts) mmWrites() int64 { return c.mmMeta + c.mmStatus }
+
+func (c *apiCounter) snapshot() *apiCounts {
+	return &apiCounts{requests: c.requests.Load(), writes: c.writes.Load(), mmMeta: c.mmMeta.Load(),
+		mmStatus: c.mmStatus.Load(), mmConflicts: c.mmConflicts.Load()}
+}
+
+// wrap is a rest.Config WrapTransport.
+func (c *apiCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		c.requests.Add(1)
+		write := req.Method != http.MethodGet && req.Method != http.MethodHead
+		mm := write && strings.Contains(req.URL.Path, "/microvmmachines/")
+		if write {
+			c.writes.Add(1)
+		}
+		if mm {
+			if strings.HasSuffix(req.URL.Path, "/status") {
+				c.mmStatus.Add(1)
+			} else {
+				c.mmMeta.Add(1)
+			}
+		}
+		resp, err := rt.RoundTrip(req)
+		if mm && err == nil && resp.StatusCode == http.StatusConflict {
+			c.mmConflicts.Add(1)
+		}
+		return resp, err
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
