@@ -88,6 +88,7 @@ type Provider struct {
 	opts      Options
 	binary    string
 	virtiofsd string // "" when none was found
+	fsd       *process.Virtiofsd
 	log       *slog.Logger
 	sup       *process.Supervisor
 }
@@ -124,6 +125,7 @@ func New(opts Options) (*Provider, error) {
 		}
 	}
 	p.sup = process.NewSupervisor(process.SupervisorOptions{UIDOf: p.argvUID, Logger: p.log})
+	p.fsd = &process.Virtiofsd{Binary: p.virtiofsd, StartTimeout: opts.StartTimeout, Logger: p.log}
 	return p, nil
 }
 

@@ -117,7 +117,7 @@ func TestUnprivilegedVMM(t *testing.T) {
 		{d, 0, 64123, 0o750},
 		{filepath.Join(d, runDir), 64123, 64123, 0o750},
 		{vm.Disks[0].Path, 64123, 64123, 0o640},
-		{filepath.Join(d, fsSocketName(vm.UID, 0)), 64123, 64123, 0},
+		{filepath.Join(d, fsSocketName(vm.UID, 0)), 0, 64123, 0o660},
 	} {
 		uid, gid, perm := owner(t, c.path)
 		if uid != c.uid || gid != c.gid || (c.perm != 0 && perm != c.perm) {
