@@ -323,10 +323,10 @@ func (r *MicrovmMachineReconciler) microvmCluster(ctx context.Context, cluster *
 }
 
 // write ends a reconcile: it sets the Paused and summary Ready conditions
-// and writes what changed, the status in one write and then the
-// finalizers, each under optimistic locking (status first: removing the
-// last finalizer of a deleted machine removes the machine, whose status is
-// then not written at all). A write that finds the machine changed by
+// and writes what changed, the status in one write and the finalizers in
+// another, each under optimistic locking: an added finalizer first, a
+// removed one last (removing the last finalizer of a deleted machine
+// removes the machine, whose status is then not written at all). A write that finds the machine changed by
 // someone else retries the reconcile shortly.
 func (r *MicrovmMachineReconciler) write(ctx context.Context, s *machineScope, res ctrl.Result, reterr error) (ctrl.Result, error) {
 	mm := s.mm
@@ -359,17 +359,34 @@ func (r *MicrovmMachineReconciler) write(ctx context.Context, s *machineScope, r
 	gone := !mm.DeletionTimestamp.IsZero() && len(mm.Finalizers) == 0
 
 	var errs []error
-	if !gone && !equality.Semantic.DeepEqual(mm.Status, s.server.Status) {
+	writeStatus := func() {
+		if gone || equality.Semantic.DeepEqual(mm.Status, s.server.Status) {
+			return
+		}
 		err := r.casWrite(ctx, s, true, func(m *infrav1.MicrovmMachine) { m.Status = *mm.Status.DeepCopy() })
 		if err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("write status: %w", err))
 		}
 	}
-	if len(errs) == 0 && !slices.Equal(mm.Finalizers, s.server.Finalizers) {
+	writeFinalizers := func() {
+		if len(errs) > 0 || slices.Equal(mm.Finalizers, s.server.Finalizers) {
+			return
+		}
 		err := r.casWrite(ctx, s, false, func(m *infrav1.MicrovmMachine) { m.Finalizers = slices.Clone(mm.Finalizers) })
 		if err != nil && !(gone && apierrors.IsNotFound(err)) {
 			errs = append(errs, fmt.Errorf("write finalizers: %w", err))
 		}
+	}
+	// An added finalizer goes first, so that no status is ever seen on a
+	// machine that could still go without it.
+	if s.addFinalizer {
+		writeFinalizers()
+		if len(errs) == 0 {
+			writeStatus()
+		}
+	} else {
+		writeStatus()
+		writeFinalizers()
 	}
 	if err := errors.Join(errs...); err != nil {
 		if apierrors.IsConflict(errs[0]) && reterr == nil {

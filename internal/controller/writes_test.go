@@ -115,9 +115,9 @@ func TestWritesPerMachine(t *testing.T) {
 
 	f.machine("waits", machineOpts{noBootstrap: true})
 	reconcileOnce(t, f, r, "waits")
-	want = []string{"PATCH microvmmachines/status", "PATCH microvmmachines"}
+	want = []string{"PATCH microvmmachines", "PATCH microvmmachines/status"}
 	if w := log.take(); !slices.Equal(w, want) {
-		t.Errorf("a waiting machine's writes: %v, want %v (status, finalizer)", w, want)
+		t.Errorf("a waiting machine's writes: %v, want %v (finalizer, then status)", w, want)
 	}
 	mm = f.get("waits")
 	if !slices.Contains(mm.Finalizers, infrav1.MachineFinalizer) || conditions.GetReason(mm, infrav1.MicrovmReadyCondition) != infrav1.WaitingForBootstrapDataReason {
