@@ -40,7 +40,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -107,34 +106,17 @@ func New(opts Options) (*Provider, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	bin, err := lookPath(opts.Binary)
+	bin, err := process.LookPath(opts.Binary)
 	if err != nil {
 		return nil, fmt.Errorf("cloud-hypervisor binary: %w", err)
 	}
 	p := &Provider{opts: opts, binary: bin, log: opts.Logger.With("provider", Name)}
-	if opts.Virtiofsd != "" {
-		if p.virtiofsd, err = lookPath(opts.Virtiofsd); err != nil {
-			return nil, fmt.Errorf("virtiofsd: %w", err)
-		}
-	} else {
-		for _, c := range virtiofsdCandidates {
-			if v, err := lookPath(c); err == nil {
-				p.virtiofsd = v
-				break
-			}
-		}
+	if p.virtiofsd, err = process.LookupVirtiofsd(opts.Virtiofsd); err != nil {
+		return nil, err
 	}
 	p.sup = process.NewSupervisor(process.SupervisorOptions{UIDOf: p.argvUID, Logger: p.log})
 	p.fsd = &process.Virtiofsd{Binary: p.virtiofsd, StartTimeout: opts.StartTimeout, Logger: p.log}
 	return p, nil
-}
-
-func lookPath(name string) (string, error) {
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Abs(p)
 }
 
 // Name implements vmm.Provider.
@@ -248,17 +230,12 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := p.validate(vm); err != nil {
 		return vmm.Status{}, err
 	}
-	unlock, err := process.LockDir(ctx, vm.Dir)
+	unlock, pid, err := p.sup.Claim(ctx, vm.UID, vm.Dir)
 	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
+		return vmm.Status{}, err
 	}
 	defer unlock()
-	// Never a second VMM for one VM.
-	pid, err := p.sup.Find(vm.UID, vm.Dir)
-	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
-	}
-	if pid != 0 {
+	if pid != 0 { // never a second VMM for one VM
 		return p.status(ctx, vm.UID, vm.Dir, pid)
 	}
 	started := time.Now()
@@ -277,7 +254,8 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 			return fail(err)
 		}
 	}
-	if err := grant(p.opts.User, vm); err != nil {
+	// What Cloud Hypervisor opens by path.
+	if err := p.opts.User.GrantVM(vm); err != nil {
 		return fail(err)
 	}
 	console, err := process.OpenAppend(filepath.Join(vm.Dir, process.ConsoleFile))
@@ -307,7 +285,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 		if !n.MacVTap && !byFD {
 			continue
 		}
-		if netFiles[i], err = openNetFD(n); err != nil {
+		if netFiles[i], _, err = process.OpenNet(n, true); err != nil {
 			return fail(err)
 		}
 	}
@@ -334,7 +312,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := os.WriteFile(filepath.Join(vm.Dir, process.CmdlineFile), []byte(process.FormatCmdline(argv, []string{"api socket " + sock(vm.UID, vm.Dir)})), 0o640); err != nil {
 		return fail(err)
 	}
-	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: console, Stderr: logf, SysProcAttr: credential(p.opts.User)}
+	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: console, Stderr: logf, SysProcAttr: p.opts.User.SysProcAttr(true)}
 	c, err := p.sup.Launch(vm.UID, vm.Dir, cmd)
 	if err != nil {
 		return fail(err)
@@ -397,10 +375,7 @@ func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.St
 		// The VMM answers but holds no VM (vm.delete): no guest runs.
 		return vmm.Status{State: vmm.StateFailed, Pid: pid, Reason: "cloud-hypervisor runs without a VM: " + apiErr.Message}, nil
 	}
-	if p.sup.WaitExit(ctx, pid, uid, 500*time.Millisecond) {
-		return p.sup.Exited(uid, dir), nil
-	}
-	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: cloud-hypervisor %d: %w", uid, pid, err)
+	return p.sup.Unanswered(ctx, uid, dir, pid, "cloud-hypervisor", err)
 }
 
 // guestState maps vm.info's state for the supervisor. A guest power-off
@@ -426,24 +401,13 @@ func guestState(state string) vmm.Status {
 
 // Status implements vmm.Provider.
 func (p *Provider) Status(ctx context.Context, uid, dir string) (vmm.Status, error) {
-	pid, err := p.sup.Find(uid, dir)
-	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if pid == 0 {
-		return p.sup.Exited(uid, dir), nil
-	}
-	return p.status(ctx, uid, dir, pid)
+	return p.sup.Status(ctx, uid, dir, p.status)
 }
 
 // running returns the API client of VM uid's running VMM.
 func (p *Provider) running(uid, dir string) (client, error) {
-	pid, err := p.sup.Find(uid, dir)
-	if err != nil {
-		return client{}, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if pid == 0 {
-		return client{}, fmt.Errorf("vm %q: no vmm process: %w", uid, errdefs.ErrFailedPrecondition)
+	if _, err := p.sup.Running(uid, dir); err != nil {
+		return client{}, err
 	}
 	return client{sock: sock(uid, dir)}, nil
 }
@@ -508,14 +472,11 @@ func (p *Provider) Counters(ctx context.Context, uid, dir string) (map[string]ma
 // vm.shutdown, vm.delete (releasing devices, so virtiofsd ends too) and
 // vmm.shutdown; then SIGKILL. Remaining virtiofsd daemons are ended.
 func (p *Provider) Stop(ctx context.Context, uid, dir string, timeout time.Duration) error {
-	unlock, err := process.LockDir(ctx, dir)
-	switch {
-	case err == nil:
-		defer unlock()
-	case errors.Is(err, fs.ErrNotExist): // folder gone: still stop a stray VMM
-	default:
-		return fmt.Errorf("vm %q: %w", uid, err)
+	unlock, err := p.sup.LockStop(ctx, uid, dir)
+	if err != nil {
+		return err
 	}
+	defer unlock()
 	api := client{sock: sock(uid, dir)}
 	err = p.sup.Stop(ctx, uid, dir, timeout, process.StopSteps{
 		Graceful: func(ctx context.Context) error { return api.call(ctx, "vm.power-button", nil, nil) },

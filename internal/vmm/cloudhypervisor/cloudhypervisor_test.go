@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 func TestNewOptions(t *testing.T) {
@@ -41,7 +41,7 @@ func TestNewOptions(t *testing.T) {
 		t.Error("virtio-fs without a virtiofsd")
 	}
 	dir := t.TempDir()
-	ctx := testCtx(t, 5*time.Second)
+	ctx := vmmtest.Ctx(t, 5*time.Second)
 	if st, err := p.Status(ctx, "U", dir); err != nil || st.State != vmm.StateNotStarted {
 		t.Errorf("status: %+v, %v", st, err)
 	}
@@ -57,7 +57,7 @@ func TestValidate(t *testing.T) {
 	p := newProvider(t, Options{})
 	dir := t.TempDir()
 	elf, bz := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "bzImage")
-	fakeELF(t, elf)
+	vmmtest.FakeELF(t, elf)
 	if err := os.WriteFile(bz, []byte("MZ bzImage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -98,32 +98,6 @@ func noVirtiofsd(p *Provider) *Provider {
 	return &c
 }
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// hostLink creates a host network device with ip(8) and deletes it when
-// the test ends.
-func hostLink(t *testing.T, name string, args ...string) {
-	t.Helper()
-	run(t, "ip", args...)
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", name).Run() })
-}
-
-func sysNet(t *testing.T, dev, attr string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("/sys/class/net", dev, attr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
-}
-
 // virtiofsdPids returns the virtiofsd daemons serving VM uid (QEMU's
 // virtiofsd forks into its sandbox: the child is not counted).
 func virtiofsdPids(t *testing.T, uid string) []int {
@@ -158,14 +132,14 @@ func TestLifecycle(t *testing.T) {
 	vm := newVM(t, p)
 	tag := fmt.Sprintf("%05x", rand.IntN(1<<20))
 	tap, veth, mvtap := "lmct"+tag, "lmcv"+tag, "lmcm"+tag
-	hostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
-	hostLink(t, veth, "link", "add", veth, "type", "veth", "peer", "name", "lmcp"+tag)
-	hostLink(t, mvtap, "link", "add", "link", veth, "name", mvtap, "type", "macvtap", "mode", "bridge")
-	idx, err := strconv.Atoi(sysNet(t, mvtap, "ifindex"))
+	vmmtest.HostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
+	vmmtest.HostLink(t, veth, "link", "add", veth, "type", "veth", "peer", "name", "lmcp"+tag)
+	vmmtest.HostLink(t, mvtap, "link", "add", "link", veth, "name", mvtap, "type", "macvtap", "mode", "bridge")
+	idx, err := strconv.Atoi(vmmtest.SysNet(t, mvtap, "ifindex"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	mvMAC := sysNet(t, mvtap, "address")
+	mvMAC := vmmtest.SysNet(t, mvtap, "address")
 	vm.Nets = []vmm.NetDevice{
 		{HostDevice: mvtap, HostIndex: idx, MacVTap: true, GuestMAC: mvMAC},
 		{HostDevice: tap, GuestMAC: "02:aa:bb:cc:dd:02"},
@@ -173,7 +147,7 @@ func TestLifecycle(t *testing.T) {
 	share := t.TempDir()
 	vm.SharedDirs = []vmm.SharedDir{{Tag: "shared", HostPath: share}}
 	vm.GuestAgent = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 
 	st, err := p.Start(ctx, vm)
 	if err != nil {
@@ -185,12 +159,12 @@ func TestLifecycle(t *testing.T) {
 	pid := st.Pid
 	d := vm.Dir
 	console := filepath.Join(d, process.ConsoleFile)
-	eventually(t, 5*time.Second, "the boot on the console", func() bool { return fileContains(console, "fake-init: running") })
-	if !fileContains(console, "Command line: console=ttyS0 root=/dev/vda rw") {
+	vmmtest.Eventually(t, 5*time.Second, "the boot on the console", func() bool { return vmmtest.FileContains(console, "fake-init: running") })
+	if !vmmtest.FileContains(console, "Command line: console=ttyS0 root=/dev/vda rw") {
 		t.Error("the guest did not get its kernel command line")
 	}
 	fsSock := filepath.Join(d, fsSocketName(vm.UID, 0))
-	checkCalls(t, journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal")), []wantCall{
+	vmmtest.CheckCalls(t, journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal")), []vmmtest.WantCall{
 		{Method: "PUT", Path: "/api/v1/vm.create", Body: `{
 			"cpus": {"boot_vcpus": 2, "max_vcpus": 2},
 			"memory": {"size": 268435456, "shared": true},
@@ -206,7 +180,7 @@ func TestLifecycle(t *testing.T) {
 		{Method: "PUT", Path: "/api/v1/vm.add-net", Body: `{"tap": "` + tap + `", "mac": "02:aa:bb:cc:dd:02", "id": "net1"}`},
 		{Method: "PUT", Path: "/api/v1/vm.boot"},
 	})
-	if !fileContains(filepath.Join(d, process.CmdlineFile), "ch-"+vm.UID+".sock") {
+	if !vmmtest.FileContains(filepath.Join(d, process.CmdlineFile), "ch-"+vm.UID+".sock") {
 		t.Error("vmm.cmdline lacks the uid marker")
 	}
 	if got, err := process.ReadPidFile(filepath.Join(d, process.PidFile)); err != nil || got != pid {
@@ -287,7 +261,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal("Wait channel open after Stop")
 	}
 	calls := journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal"))
-	checkCalls(t, calls[len(calls)-3:], []wantCall{
+	vmmtest.CheckCalls(t, calls[len(calls)-3:], []vmmtest.WantCall{
 		{Method: "PUT", Path: "/api/v1/vm.pause"},
 		{Method: "PUT", Path: "/api/v1/vm.resume"},
 		{Method: "PUT", Path: "/api/v1/vm.power-button"},
@@ -296,7 +270,7 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || st.State != vmm.StateExited || !strings.HasPrefix(st.Reason, "reboot: Power down") {
 		t.Fatalf("Status after Stop: %+v, %v", st, err)
 	}
-	eventually(t, 5*time.Second, "virtiofsd to end", func() bool { return len(virtiofsdPids(t, vm.UID)) == 0 })
+	vmmtest.Eventually(t, 5*time.Second, "virtiofsd to end", func() bool { return len(virtiofsdPids(t, vm.UID)) == 0 })
 	if _, err := process.State(pid); !errdefs.IsNotFound(err) {
 		t.Errorf("cloud-hypervisor %d still in the process table: %v", pid, err)
 	}
@@ -323,7 +297,7 @@ func TestStopEscalates(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.Cmdline += " fake.ignore_acpi"
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +309,7 @@ func TestStopEscalates(t *testing.T) {
 		t.Errorf("stop took %v", el)
 	}
 	calls := journal(t, filepath.Join(vm.Dir, runDir, "fake-cloud-hypervisor.journal"))
-	checkCalls(t, calls[len(calls)-4:], []wantCall{
+	vmmtest.CheckCalls(t, calls[len(calls)-4:], []vmmtest.WantCall{
 		{Method: "PUT", Path: "/api/v1/vm.power-button"},
 		{Method: "PUT", Path: "/api/v1/vm.shutdown"},
 		{Method: "PUT", Path: "/api/v1/vm.delete"},
@@ -354,7 +328,7 @@ func TestStartPausedAndShutdown(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.StartPaused = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil || st.State != vmm.StatePaused {
 		t.Fatalf("Start paused: %+v, %v", st, err)
@@ -370,8 +344,8 @@ func TestStartPausedAndShutdown(t *testing.T) {
 	if st, err := p.Status(ctx, vm.UID, vm.Dir); err != nil || st.State != vmm.StateRunning {
 		t.Fatalf("after Resume: %+v, %v", st, err)
 	}
-	eventually(t, 5*time.Second, "the boot", func() bool {
-		return fileContains(filepath.Join(vm.Dir, process.ConsoleFile), "fake-init: running")
+	vmmtest.Eventually(t, 5*time.Second, "the boot", func() bool {
+		return vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), "fake-init: running")
 	})
 
 	resp, err := process.Do(ctx, sock(vm.UID, vm.Dir), "PUT", "/api/v1/vm.shutdown", nil, nil)
@@ -411,7 +385,7 @@ func TestGuestStateMapping(t *testing.T) {
 func TestKillAndReadopt(t *testing.T) {
 	p1 := newProvider(t, Options{})
 	vm := newVM(t, p1)
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p1.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -445,9 +419,7 @@ func TestKillAndReadopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, ch := range []<-chan struct{}{ch1, ch2} {
-		select {
-		case <-ch:
-		case <-time.After(5 * time.Second):
+		if !vmmtest.Closed(ch, 5*time.Second) {
 			t.Fatalf("Wait channel %d still open 5s after kill -9", i+1)
 		}
 	}
@@ -463,7 +435,7 @@ func TestKillAndReadopt(t *testing.T) {
 // and leave no process behind (virtiofsd included).
 func TestAPIErrors(t *testing.T) {
 	p := newProvider(t, Options{})
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	vm := newVM(t, p)
 	vm.Disks[0].Path = filepath.Join(vm.Dir, "missing.img")
 	vm.SharedDirs = []vmm.SharedDir{{Tag: "s", HostPath: t.TempDir()}}
@@ -477,7 +449,7 @@ func TestAPIErrors(t *testing.T) {
 	if n := vmmCount(t, p, vm.UID); n != 0 {
 		t.Fatalf("%d processes left after a failed start", n)
 	}
-	eventually(t, 5*time.Second, "virtiofsd to end", func() bool { return len(virtiofsdPids(t, vm.UID)) == 0 })
+	vmmtest.Eventually(t, 5*time.Second, "virtiofsd to end", func() bool { return len(virtiofsdPids(t, vm.UID)) == 0 })
 	st, err := p.Status(ctx, vm.UID, vm.Dir)
 	if err != nil || st.State != vmm.StateExited || !strings.Contains(st.Reason, "start failed: ") {
 		t.Fatalf("status after failed start: %+v, %v", st, err)

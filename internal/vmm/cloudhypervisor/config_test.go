@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 func TestKernelCmdline(t *testing.T) {
@@ -96,7 +97,7 @@ func checkDoc(t *testing.T, name string, doc any, want string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := canonJSON(t, b), canonJSON(t, []byte(want)); got != want {
+	if got, want := vmmtest.CanonJSON(t, b), vmmtest.CanonJSON(t, []byte(want)); got != want {
 		t.Errorf("%s:\n got %s\nwant %s", name, got, want)
 	}
 }

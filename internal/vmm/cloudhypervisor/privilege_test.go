@@ -14,25 +14,8 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
-
-// procIDs returns the real uid and gid of process pid.
-func procIDs(t *testing.T, pid int) (uid, gid string) {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
-			uid = strings.Fields(v)[0]
-		}
-		if v, ok := strings.CutPrefix(line, "Gid:"); ok {
-			gid = strings.Fields(v)[0]
-		}
-	}
-	return uid, gid
-}
 
 // owner returns a file's uid, gid and permission bits.
 func owner(t *testing.T, path string) (uint32, uint32, os.FileMode) {
@@ -62,14 +45,14 @@ func TestUnprivilegedVMM(t *testing.T) {
 	p := newProvider(t, Options{User: u})
 	vm := newVM(t, p)
 	tap := fmt.Sprintf("lmcu%05x", rand.IntN(1<<20))
-	hostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
+	vmmtest.HostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
 	vm.Nets = []vmm.NetDevice{{HostDevice: tap, GuestMAC: "02:aa:bb:cc:dd:09"}}
 	ro := filepath.Join(vm.Dir, "data.img")
-	blankFile(t, ro, 1<<20)
+	vmmtest.BlankFile(t, ro, 1<<20)
 	vm.Disks = append([]vmm.Disk{vm.Disks[0], {ID: "data", Path: ro, ReadOnly: true}}, vm.Disks[1:]...)
 	vm.SharedDirs = []vmm.SharedDir{{Tag: "shared", HostPath: t.TempDir()}}
 	vm.GuestAgent = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 
 	st, err := p.Start(ctx, vm)
 	if err != nil {
@@ -78,14 +61,14 @@ func TestUnprivilegedVMM(t *testing.T) {
 	if st.State != vmm.StateRunning {
 		t.Fatalf("after Start: %+v", st)
 	}
-	if uid, gid := procIDs(t, st.Pid); uid != "64123" || gid != "64123" {
+	if uid, gid := vmmtest.ProcIDs(t, st.Pid); uid != "64123" || gid != "64123" {
 		t.Fatalf("cloud-hypervisor runs as %s:%s, want 64123:64123", uid, gid)
 	}
 	d := vm.Dir
-	eventually(t, 5*time.Second, "the boot", func() bool { return fileContains(filepath.Join(d, process.ConsoleFile), "fake-init: running") })
+	vmmtest.Eventually(t, 5*time.Second, "the boot", func() bool { return vmmtest.FileContains(filepath.Join(d, process.ConsoleFile), "fake-init: running") })
 
 	// The TAP went as a descriptor: no name in any document.
-	checkCalls(t, journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal")), []wantCall{
+	vmmtest.CheckCalls(t, journal(t, filepath.Join(d, runDir, "fake-cloud-hypervisor.journal")), []vmmtest.WantCall{
 		{Method: "PUT", Path: "/api/v1/vm.create", Body: `{
 			"cpus": {"boot_vcpus": 2, "max_vcpus": 2},
 			"memory": {"size": 268435456, "shared": true},

@@ -12,10 +12,9 @@ import (
 // one per folder, as for QEMU; these name them as the tests and the
 // provider's documents refer to them.
 var (
-	virtiofsdCandidates = process.VirtiofsdCandidates
-	fsSocketName        = process.VirtiofsSocketName
-	virtiofsdArgs       = process.VirtiofsdArgs
-	virtiofsdUID        = process.VirtiofsdUID
+	fsSocketName  = process.VirtiofsSocketName
+	virtiofsdArgs = process.VirtiofsdArgs
+	virtiofsdUID  = process.VirtiofsdUID
 )
 
 // startVirtiofsd starts one virtiofsd per shared folder and returns their

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 func TestKernelCmdline(t *testing.T) {
@@ -74,19 +75,19 @@ func TestRequests(t *testing.T) {
 	}
 	const fullBoot = `{"kernel_image_path":"/vm/kernel","initrd_path":"/vm/initrd",
 		"boot_args":"console=ttyS0 panic=1 reboot=k root=/dev/vda rw pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"}`
-	fullWant := []wantCall{
-		{"PUT", "/metrics", `{"metrics_path":"/vm/firecracker.metrics"}`},
-		{"PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":512}`},
-		{"PUT", "/boot-source", fullBoot},
-		{"PUT", "/drives/root", `{"drive_id":"root","path_on_host":"/vm/root.img","is_root_device":true,"is_read_only":false}`},
-		{"PUT", "/drives/data", `{"drive_id":"data","path_on_host":"/vm/data.img","is_root_device":false,"is_read_only":true}`},
-		{"PUT", "/drives/cidata", `{"drive_id":"cidata","path_on_host":"/vm/cidata.img","is_root_device":false,"is_read_only":true}`},
-		{"PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"fltap1","guest_mac":"02:00:00:00:00:01"}`},
-		{"PUT", "/network-interfaces/eth1", `{"iface_id":"eth1","host_dev_name":"fltap2"}`},
-		{"PUT", "/mmds/config", `{"version":"V2","network_interfaces":["eth0","eth1"],"ipv4_address":"169.254.169.254"}`},
-		{"PUT", "/mmds", `{"latest":{"meta-data":"instance-id: U1\n","user-data":"#cloud-config\n"}}`},
-		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"/vm/vsock.sock"}`},
-		{"PUT", "/actions", `{"action_type":"InstanceStart"}`},
+	fullWant := []vmmtest.WantCall{
+		{Method: "PUT", Path: "/metrics", Body: `{"metrics_path":"/vm/firecracker.metrics"}`},
+		{Method: "PUT", Path: "/machine-config", Body: `{"vcpu_count":2,"mem_size_mib":512}`},
+		{Method: "PUT", Path: "/boot-source", Body: fullBoot},
+		{Method: "PUT", Path: "/drives/root", Body: `{"drive_id":"root","path_on_host":"/vm/root.img","is_root_device":true,"is_read_only":false}`},
+		{Method: "PUT", Path: "/drives/data", Body: `{"drive_id":"data","path_on_host":"/vm/data.img","is_root_device":false,"is_read_only":true}`},
+		{Method: "PUT", Path: "/drives/cidata", Body: `{"drive_id":"cidata","path_on_host":"/vm/cidata.img","is_root_device":false,"is_read_only":true}`},
+		{Method: "PUT", Path: "/network-interfaces/eth0", Body: `{"iface_id":"eth0","host_dev_name":"fltap1","guest_mac":"02:00:00:00:00:01"}`},
+		{Method: "PUT", Path: "/network-interfaces/eth1", Body: `{"iface_id":"eth1","host_dev_name":"fltap2"}`},
+		{Method: "PUT", Path: "/mmds/config", Body: `{"version":"V2","network_interfaces":["eth0","eth1"],"ipv4_address":"169.254.169.254"}`},
+		{Method: "PUT", Path: "/mmds", Body: `{"latest":{"meta-data":"instance-id: U1\n","user-data":"#cloud-config\n"}}`},
+		{Method: "PUT", Path: "/vsock", Body: `{"guest_cid":3,"uds_path":"/vm/vsock.sock"}`},
+		{Method: "PUT", Path: "/actions", Body: `{"action_type":"InstanceStart"}`},
 	}
 
 	// An initrd guest: no root device (its only disk is the cidata disk),
@@ -99,31 +100,31 @@ func TestRequests(t *testing.T) {
 	}
 	smallPaths := hostPaths
 	smallPaths.drives = []string{"/vm/cidata.img"}
-	smallWant := []wantCall{
-		{"PUT", "/metrics", `{"metrics_path":"/vm/firecracker.metrics"}`},
-		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128}`},
-		{"PUT", "/boot-source", `{"kernel_image_path":"/vm/kernel","initrd_path":"/vm/initrd",
+	smallWant := []vmmtest.WantCall{
+		{Method: "PUT", Path: "/metrics", Body: `{"metrics_path":"/vm/firecracker.metrics"}`},
+		{Method: "PUT", Path: "/machine-config", Body: `{"vcpu_count":1,"mem_size_mib":128}`},
+		{Method: "PUT", Path: "/boot-source", Body: `{"kernel_image_path":"/vm/kernel","initrd_path":"/vm/initrd",
 			"boot_args":"console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"}`},
-		{"PUT", "/drives/cidata", `{"drive_id":"cidata","path_on_host":"/vm/cidata.img","is_root_device":false,"is_read_only":true}`},
+		{Method: "PUT", Path: "/drives/cidata", Body: `{"drive_id":"cidata","path_on_host":"/vm/cidata.img","is_root_device":false,"is_read_only":true}`},
 	}
 
 	for _, tc := range []struct {
 		name string
 		vm   vmm.VM
 		p    paths
-		want []wantCall
+		want []vmmtest.WantCall
 	}{{"full", full, hostPaths, fullWant}, {"small", small, smallPaths, smallWant}} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := buildConfig(tc.vm, tc.p, "Info")
-			var got []call
+			var got []vmmtest.Call
 			for _, r := range requests(cfg, mmdsDocument(tc.vm.Metadata), tc.vm.StartPaused) {
 				b, err := json.Marshal(r.Body)
 				if err != nil {
 					t.Fatal(err)
 				}
-				got = append(got, call{Method: r.Method, Path: r.Path, Body: b})
+				got = append(got, vmmtest.Call{Method: r.Method, Path: r.Path, Body: b})
 			}
-			checkCalls(t, got, tc.want)
+			vmmtest.CheckCalls(t, got, tc.want)
 		})
 	}
 
@@ -148,7 +149,7 @@ func TestRequests(t *testing.T) {
 		"metrics": {"metrics_path":"/vm/firecracker.metrics"},
 		"vsock": {"guest_cid":3,"uds_path":"/vm/vsock.sock"}
 	}`
-	if got, want := canonJSON(t, b), canonJSON(t, []byte(wantDoc)); got != want {
+	if got, want := vmmtest.CanonJSON(t, b), vmmtest.CanonJSON(t, []byte(wantDoc)); got != want {
 		t.Errorf("config file:\n got %s\nwant %s", got, want)
 	}
 }
@@ -198,7 +199,7 @@ func TestJailerArgs(t *testing.T) {
 func TestValidate(t *testing.T) {
 	dir := t.TempDir()
 	elf, bz := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "bzImage")
-	fakeELF(t, elf)
+	vmmtest.FakeELF(t, elf)
 	if err := os.WriteFile(bz, []byte("MZ\x00\x00bzImage"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -52,9 +52,7 @@ package firecracker
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -129,7 +127,7 @@ func New(opts Options) (*Provider, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	bin, err := lookPath(opts.Binary)
+	bin, err := process.LookPath(opts.Binary)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker binary: %w", err)
 	}
@@ -156,21 +154,13 @@ func New(opts Options) (*Provider, error) {
 			// The jailer refuses other exec-file names.
 			return nil, fmt.Errorf("jailed firecracker binary %q: its name must contain \"firecracker\": %w", bin, errdefs.ErrInvalidArgument)
 		}
-		if p.jailer, err = lookPath(jc.Binary); err != nil {
+		if p.jailer, err = process.LookPath(jc.Binary); err != nil {
 			return nil, fmt.Errorf("jailer binary: %w", err)
 		}
 		p.opts.Jailer = &jc
 	}
 	p.sup = process.NewSupervisor(process.SupervisorOptions{UIDOf: p.argvUID, Logger: p.log})
 	return p, nil
-}
-
-func lookPath(name string) (string, error) {
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Abs(p)
 }
 
 // Name implements vmm.Provider.
@@ -267,17 +257,12 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := validate(vm); err != nil {
 		return vmm.Status{}, err
 	}
-	unlock, err := process.LockDir(ctx, vm.Dir)
+	unlock, pid, err := p.sup.Claim(ctx, vm.UID, vm.Dir)
 	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
+		return vmm.Status{}, err
 	}
 	defer unlock()
-	// Never a second VMM for one VM.
-	pid, err := p.sup.Find(vm.UID, vm.Dir)
-	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
-	}
-	if pid != 0 {
+	if pid != 0 { // never a second VMM for one VM
 		return p.status(ctx, vm.UID, vm.Dir, pid)
 	}
 	started := time.Now()
@@ -431,11 +416,7 @@ func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.St
 		st.Pid = pid
 		return st, nil
 	}
-	// The API hangs up on a VMM that is exiting: give it a moment.
-	if p.sup.WaitExit(ctx, pid, uid, 500*time.Millisecond) {
-		return p.sup.Exited(uid, dir), nil
-	}
-	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: firecracker %d: %w", uid, pid, err)
+	return p.sup.Unanswered(ctx, uid, dir, pid, "firecracker", err)
 }
 
 // guestState maps the instance state for the supervisor. Firecracker
@@ -455,24 +436,13 @@ func guestState(state string) vmm.Status {
 
 // Status implements vmm.Provider.
 func (p *Provider) Status(ctx context.Context, uid, dir string) (vmm.Status, error) {
-	pid, err := p.sup.Find(uid, dir)
-	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if pid == 0 {
-		return p.sup.Exited(uid, dir), nil
-	}
-	return p.status(ctx, uid, dir, pid)
+	return p.sup.Status(ctx, uid, dir, p.status)
 }
 
 // running returns the API client of VM uid's running VMM.
 func (p *Provider) running(uid, dir string) (client, error) {
-	pid, err := p.sup.Find(uid, dir)
-	if err != nil {
-		return client{}, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if pid == 0 {
-		return client{}, fmt.Errorf("vm %q: no vmm process: %w", uid, errdefs.ErrFailedPrecondition)
+	if _, err := p.sup.Running(uid, dir); err != nil {
+		return client{}, err
 	}
 	return client{sock: sock(dir)}, nil
 }
@@ -520,14 +490,11 @@ func (p *Provider) Pause(ctx context.Context, uid, dir string) error {
 // ends Firecracker, see reboot=k) and up to timeout, then SIGTERM, then
 // SIGKILL. A jail is removed once Firecracker is gone.
 func (p *Provider) Stop(ctx context.Context, uid, dir string, timeout time.Duration) error {
-	unlock, err := process.LockDir(ctx, dir)
-	switch {
-	case err == nil:
-		defer unlock()
-	case errors.Is(err, fs.ErrNotExist): // folder gone: still stop a stray VMM
-	default:
-		return fmt.Errorf("vm %q: %w", uid, err)
+	unlock, err := p.sup.LockStop(ctx, uid, dir)
+	if err != nil {
+		return err
 	}
+	defer unlock()
 	api := client{sock: sock(dir)}
 	err = p.sup.Stop(ctx, uid, dir, timeout, process.StopSteps{
 		Graceful: func(ctx context.Context) error {

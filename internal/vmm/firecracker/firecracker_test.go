@@ -20,6 +20,7 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 func TestNewOptions(t *testing.T) {
@@ -41,7 +42,7 @@ func TestNewOptions(t *testing.T) {
 	}
 	// Nothing started: not started, Wait closed, Resume refused.
 	dir := t.TempDir()
-	ctx := testCtx(t, 5*time.Second)
+	ctx := vmmtest.Ctx(t, 5*time.Second)
 	if st, err := p.Status(ctx, "U", dir); err != nil || st.State != vmm.StateNotStarted {
 		t.Errorf("status: %+v, %v", st, err)
 	}
@@ -101,7 +102,7 @@ func TestLifecycle(t *testing.T) {
 	vm.Nets = []vmm.NetDevice{{HostDevice: tap, GuestMAC: "02:aa:bb:cc:dd:01"}}
 	vm.Metadata = map[string][]byte{"meta-data": []byte("instance-id: " + vm.UID + "\n"), "user-data": []byte("#cloud-config\nhostname: fc\n")}
 	vm.GuestAgent = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 
 	st, err := p.Start(ctx, vm)
 	if err != nil {
@@ -112,25 +113,25 @@ func TestLifecycle(t *testing.T) {
 	}
 	pid := st.Pid
 	console := filepath.Join(vm.Dir, process.ConsoleFile)
-	eventually(t, 5*time.Second, "the boot on the console", func() bool { return fileContains(console, "fake-init: running") })
-	if !fileContains(console, "Command line: "+kernelCmdline(vm.Cmdline)) {
+	vmmtest.Eventually(t, 5*time.Second, "the boot on the console", func() bool { return vmmtest.FileContains(console, "fake-init: running") })
+	if !vmmtest.FileContains(console, "Command line: "+kernelCmdline(vm.Cmdline)) {
 		t.Error("the guest did not get the completed kernel command line")
 	}
 
 	// What Firecracker was told, request by request.
 	d := vm.Dir
-	checkCalls(t, journal(t, filepath.Join(d, "fake-firecracker.journal")), []wantCall{
-		{"PUT", "/metrics", `{"metrics_path":"` + d + `/firecracker.metrics"}`},
-		{"PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256}`},
-		{"PUT", "/boot-source", `{"kernel_image_path":"` + d + `/kernel",
+	vmmtest.CheckCalls(t, journal(t, filepath.Join(d, "fake-firecracker.journal")), []vmmtest.WantCall{
+		{Method: "PUT", Path: "/metrics", Body: `{"metrics_path":"` + d + `/firecracker.metrics"}`},
+		{Method: "PUT", Path: "/machine-config", Body: `{"vcpu_count":2,"mem_size_mib":256}`},
+		{Method: "PUT", Path: "/boot-source", Body: `{"kernel_image_path":"` + d + `/kernel",
 			"boot_args":"console=ttyS0 panic=1 reboot=k root=/dev/vda rw pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"}`},
-		{"PUT", "/drives/root", `{"drive_id":"root","path_on_host":"` + d + `/root.img","is_root_device":true,"is_read_only":false}`},
-		{"PUT", "/drives/cidata", `{"drive_id":"cidata","path_on_host":"` + d + `/cidata.img","is_root_device":false,"is_read_only":true}`},
-		{"PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"` + tap + `","guest_mac":"02:aa:bb:cc:dd:01"}`},
-		{"PUT", "/mmds/config", `{"version":"V2","network_interfaces":["eth0"],"ipv4_address":"169.254.169.254"}`},
-		{"PUT", "/mmds", `{"latest":{"meta-data":"instance-id: ` + vm.UID + `\n","user-data":"#cloud-config\nhostname: fc\n"}}`},
-		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"` + d + `/vsock.sock"}`},
-		{"PUT", "/actions", `{"action_type":"InstanceStart"}`},
+		{Method: "PUT", Path: "/drives/root", Body: `{"drive_id":"root","path_on_host":"` + d + `/root.img","is_root_device":true,"is_read_only":false}`},
+		{Method: "PUT", Path: "/drives/cidata", Body: `{"drive_id":"cidata","path_on_host":"` + d + `/cidata.img","is_root_device":false,"is_read_only":true}`},
+		{Method: "PUT", Path: "/network-interfaces/eth0", Body: `{"iface_id":"eth0","host_dev_name":"` + tap + `","guest_mac":"02:aa:bb:cc:dd:01"}`},
+		{Method: "PUT", Path: "/mmds/config", Body: `{"version":"V2","network_interfaces":["eth0"],"ipv4_address":"169.254.169.254"}`},
+		{Method: "PUT", Path: "/mmds", Body: `{"latest":{"meta-data":"instance-id: ` + vm.UID + `\n","user-data":"#cloud-config\nhostname: fc\n"}}`},
+		{Method: "PUT", Path: "/vsock", Body: `{"guest_cid":3,"uds_path":"` + d + `/vsock.sock"}`},
+		{Method: "PUT", Path: "/actions", Body: `{"action_type":"InstanceStart"}`},
 	})
 
 	// Files: pid file, command line with the uid marker, the logger's and
@@ -138,16 +139,16 @@ func TestLifecycle(t *testing.T) {
 	if got, err := process.ReadPidFile(filepath.Join(d, process.PidFile)); err != nil || got != pid {
 		t.Errorf("pid file: %d, %v; want %d", got, err, pid)
 	}
-	if !fileContains(filepath.Join(d, process.CmdlineFile), "--id "+vm.UID) {
+	if !vmmtest.FileContains(filepath.Join(d, process.CmdlineFile), "--id "+vm.UID) {
 		t.Error("vmm.cmdline lacks the uid marker")
 	}
-	if !fileContains(filepath.Join(d, logName), "["+vm.UID+":INFO:") {
+	if !vmmtest.FileContains(filepath.Join(d, logName), "["+vm.UID+":INFO:") {
 		t.Error("firecracker.log has no logger lines with level")
 	}
-	if !fileContains(filepath.Join(d, metricsName), `"utc_timestamp_ms"`) {
+	if !vmmtest.FileContains(filepath.Join(d, metricsName), `"utc_timestamp_ms"`) {
 		t.Error("firecracker.metrics has no metrics")
 	}
-	if !fileContains(filepath.Join(d, process.ConfigFile), `"mmds-config"`) {
+	if !vmmtest.FileContains(filepath.Join(d, process.ConfigFile), `"mmds-config"`) {
 		t.Error("vmm.config.json lacks the mmds config")
 	}
 	if !tapBusy(t, tap) {
@@ -159,7 +160,7 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || resp.Status != 200 {
 		t.Fatalf("GET /mmds: %+v, %v", resp, err)
 	}
-	if got, want := canonJSON(t, resp.Body), canonJSON(t, []byte(`{"latest":{"meta-data":"instance-id: `+vm.UID+`\n","user-data":"#cloud-config\nhostname: fc\n"}}`)); got != want {
+	if got, want := vmmtest.CanonJSON(t, resp.Body), vmmtest.CanonJSON(t, []byte(`{"latest":{"meta-data":"instance-id: `+vm.UID+`\n","user-data":"#cloud-config\nhostname: fc\n"}}`)); got != want {
 		t.Errorf("mmds %s, want %s", got, want)
 	}
 
@@ -198,9 +199,9 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("after Resume: %+v, %v", st, err)
 	}
 	calls := journal(t, filepath.Join(d, "fake-firecracker.journal"))
-	checkCalls(t, calls[len(calls)-2:], []wantCall{
-		{"PATCH", "/vm", `{"state":"Paused"}`},
-		{"PATCH", "/vm", `{"state":"Resumed"}`},
+	vmmtest.CheckCalls(t, calls[len(calls)-2:], []vmmtest.WantCall{
+		{Method: "PATCH", Path: "/vm", Body: `{"state":"Paused"}`},
+		{Method: "PATCH", Path: "/vm", Body: `{"state":"Resumed"}`},
 	})
 
 	ch, err := p.Wait(ctx, vm.UID, d)
@@ -231,7 +232,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("firecracker %d still in the process table: %v", pid, err)
 	}
 	calls = journal(t, filepath.Join(d, "fake-firecracker.journal"))
-	checkCalls(t, calls[len(calls)-1:], []wantCall{{"PUT", "/actions", `{"action_type":"SendCtrlAltDel"}`}})
+	vmmtest.CheckCalls(t, calls[len(calls)-1:], []vmmtest.WantCall{{Method: "PUT", Path: "/actions", Body: `{"action_type":"SendCtrlAltDel"}`}})
 	st, err = p.Status(ctx, vm.UID, d)
 	if err != nil || st.State != vmm.StateExited {
 		t.Fatalf("Status after Stop: %+v, %v", st, err)
@@ -265,7 +266,7 @@ func TestStopEscalates(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.Cmdline += " fake.ignore_ctrlaltdel"
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +293,7 @@ func TestStartPaused(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.StartPaused = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil || st.State != vmm.StatePaused {
 		t.Fatalf("Start paused: %+v, %v", st, err)
@@ -302,7 +303,7 @@ func TestStartPaused(t *testing.T) {
 			t.Fatalf("an action before Resume: %s", c.Body)
 		}
 	}
-	if fileContains(filepath.Join(vm.Dir, process.ConsoleFile), "Linux version") {
+	if vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), "Linux version") {
 		t.Fatal("the guest booted before Resume")
 	}
 	if err := p.Resume(ctx, vm); err != nil {
@@ -311,8 +312,8 @@ func TestStartPaused(t *testing.T) {
 	if st, err := p.Status(ctx, vm.UID, vm.Dir); err != nil || st.State != vmm.StateRunning {
 		t.Fatalf("after Resume: %+v, %v", st, err)
 	}
-	eventually(t, 5*time.Second, "the boot", func() bool {
-		return fileContains(filepath.Join(vm.Dir, process.ConsoleFile), "fake-init: running")
+	vmmtest.Eventually(t, 5*time.Second, "the boot", func() bool {
+		return vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), "fake-init: running")
 	})
 }
 
@@ -322,7 +323,7 @@ func TestStartPaused(t *testing.T) {
 func TestKillAndReadopt(t *testing.T) {
 	p1 := newProvider(t, Options{})
 	vm := newVM(t, p1)
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p1.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -361,9 +362,7 @@ func TestKillAndReadopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, ch := range []<-chan struct{}{ch1, ch2} {
-		select {
-		case <-ch:
-		case <-time.After(5 * time.Second):
+		if !vmmtest.Closed(ch, 5*time.Second) {
 			t.Fatalf("Wait channel %d still open 5s after kill -9", i+1)
 		}
 	}
@@ -382,7 +381,7 @@ func TestGuestPanic(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.Cmdline += " fake.panic"
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -390,9 +389,7 @@ func TestGuestPanic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
+	if !vmmtest.Closed(ch, 5*time.Second) {
 		t.Fatal("firecracker still runs after the guest's panic")
 	}
 	st, err := p.Status(ctx, vm.UID, vm.Dir)
@@ -416,7 +413,7 @@ func TestGuestStateMapping(t *testing.T) {
 	p := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.Cmdline += " fake.state=Crashed"
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	started, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -431,7 +428,7 @@ func TestGuestStateMapping(t *testing.T) {
 // leave no process behind.
 func TestAPIErrors(t *testing.T) {
 	p := newProvider(t, Options{})
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 
 	vm := newVM(t, p)
 	vm.Disks[0].Path = filepath.Join(vm.Dir, "missing.img")
@@ -468,7 +465,7 @@ func TestJailer(t *testing.T) {
 	p := newProvider(t, Options{Jailer: &Jailer{Binary: filepath.Join(fakeBin, "jailer"), UID: uid, GID: gid, ChrootBase: base}})
 	vm := newVM(t, p)
 	vm.GuestAgent = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -496,20 +493,20 @@ func TestJailer(t *testing.T) {
 			t.Errorf("%s is not %s in the jail: %v %v", out, in, err1, err2)
 		}
 	}
-	checkCalls(t, journal(t, filepath.Join(root, "run", "fake-firecracker.journal")), []wantCall{
-		{"PUT", "/metrics", `{"metrics_path":"/firecracker.metrics"}`},
-		{"PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256}`},
-		{"PUT", "/boot-source", `{"kernel_image_path":"/vmlinux",
+	vmmtest.CheckCalls(t, journal(t, filepath.Join(root, "run", "fake-firecracker.journal")), []vmmtest.WantCall{
+		{Method: "PUT", Path: "/metrics", Body: `{"metrics_path":"/firecracker.metrics"}`},
+		{Method: "PUT", Path: "/machine-config", Body: `{"vcpu_count":2,"mem_size_mib":256}`},
+		{Method: "PUT", Path: "/boot-source", Body: `{"kernel_image_path":"/vmlinux",
 			"boot_args":"console=ttyS0 panic=1 reboot=k root=/dev/vda rw pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"}`},
-		{"PUT", "/drives/root", `{"drive_id":"root","path_on_host":"/drive0.img","is_root_device":true,"is_read_only":false}`},
-		{"PUT", "/drives/cidata", `{"drive_id":"cidata","path_on_host":"/drive1.img","is_root_device":false,"is_read_only":true}`},
-		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"/run/vsock.sock"}`},
-		{"PUT", "/actions", `{"action_type":"InstanceStart"}`},
+		{Method: "PUT", Path: "/drives/root", Body: `{"drive_id":"root","path_on_host":"/drive0.img","is_root_device":true,"is_read_only":false}`},
+		{Method: "PUT", Path: "/drives/cidata", Body: `{"drive_id":"cidata","path_on_host":"/drive1.img","is_root_device":false,"is_read_only":true}`},
+		{Method: "PUT", Path: "/vsock", Body: `{"guest_cid":3,"uds_path":"/run/vsock.sock"}`},
+		{Method: "PUT", Path: "/actions", Body: `{"action_type":"InstanceStart"}`},
 	})
-	eventually(t, 5*time.Second, "the boot on the console", func() bool {
-		return fileContains(filepath.Join(vm.Dir, process.ConsoleFile), "fake-init: running")
+	vmmtest.Eventually(t, 5*time.Second, "the boot on the console", func() bool {
+		return vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), "fake-init: running")
 	})
-	if !fileContains(filepath.Join(vm.Dir, logName), "Running Firecracker") {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, logName), "Running Firecracker") {
 		t.Error("the jailed logger does not write to the VM folder's firecracker.log")
 	}
 	// The host reaches the guest agent through the VM folder.
@@ -552,8 +549,8 @@ func TestLongFolder(t *testing.T) {
 	}
 	vm.Dir = long
 	vm.GuestAgent = true
-	t.Cleanup(func() { _ = p.Stop(testCtx(t, 10*time.Second), vm.UID, long, 0) })
-	ctx := testCtx(t, time.Minute)
+	t.Cleanup(func() { _ = p.Stop(vmmtest.Ctx(t, 10*time.Second), vm.UID, long, 0) })
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -567,7 +564,7 @@ func TestLongFolder(t *testing.T) {
 	}
 	calls := journal(t, filepath.Join(long, "fake-firecracker.journal"))
 	for _, c := range calls {
-		if c.Path == "/vsock" && canonJSON(t, c.Body) != `{"guest_cid":3,"uds_path":"vsock.sock"}` {
+		if c.Path == "/vsock" && vmmtest.CanonJSON(t, c.Body) != `{"guest_cid":3,"uds_path":"vsock.sock"}` {
 			t.Errorf("vsock %s", c.Body)
 		}
 	}
@@ -581,11 +578,11 @@ func TestLargeMetadata(t *testing.T) {
 	vm.Nets = []vmm.NetDevice{{HostDevice: tapDevice(t)}}
 	big := "#cloud-config\nwrite_files:\n- path: /big\n  content: " + strings.Repeat("x", 70000) + "\n"
 	vm.Metadata = map[string][]byte{"meta-data": []byte("instance-id: i\n"), "user-data": []byte(big)}
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
-	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "--mmds-size-limit") {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, process.CmdlineFile), "--mmds-size-limit") {
 		t.Error("no --mmds-size-limit on the command line")
 	}
 	resp, err := process.Do(ctx, filepath.Join(vm.Dir, apiSocket), "GET", "/mmds", nil, nil)

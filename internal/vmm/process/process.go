@@ -7,13 +7,17 @@
 //     started;
 //   - a Supervisor that starts a provider's VMMs, finds them again by the
 //     VM uid on their command line (also after a restart of flintlockd),
-//     tells when they exit and stops them with escalation;
+//     serialises their starts, tells their status and when they exit, and
+//     stops them with escalation;
 //   - the files a VMM keeps in its VM folder (pid file, command line,
 //     console and VMM logs with the provider's notes, the exit reason read
 //     back from them), the folder lock that serialises a VM's starts and
 //     stops, and unix sockets of any path length;
 //   - Do, a one-request HTTP client over a unix socket that can pass file
-//     descriptors along (SCM_RIGHTS), for the VMMs with a REST API.
+//     descriptors along (SCM_RIGHTS), for the VMMs with a REST API;
+//   - least privilege: the VMM user's identity and the grants in its VM
+//     folder (User), and the host ends of network devices opened for the
+//     VMM (OpenNet).
 package process
 
 import (
@@ -139,4 +143,14 @@ func StartDetached(cmd *exec.Cmd) error {
 		return fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	return nil
+}
+
+// LookPath finds a program as exec.LookPath does and returns its absolute
+// path, which stays valid whatever folder the program is started in.
+func LookPath(name string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Abs(p)
 }

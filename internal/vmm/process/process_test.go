@@ -205,3 +205,20 @@ func TestSplitCmdline(t *testing.T) {
 		}
 	}
 }
+
+// TestLookPath: a program named relative to the working folder comes back
+// absolute, so it still starts from a VM folder; a missing one fails.
+func TestLookPath(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "prog"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	p, err := LookPath("./prog")
+	if err != nil || p != filepath.Join(dir, "prog") {
+		t.Fatalf("LookPath(./prog) = %q, %v", p, err)
+	}
+	if p, err := LookPath("./missing"); err == nil {
+		t.Fatalf("LookPath(./missing) = %q", p)
+	}
+}

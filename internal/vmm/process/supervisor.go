@@ -174,6 +174,73 @@ func (s *Supervisor) Find(uid, dir string) (int, error) {
 	return pids[0], nil
 }
 
+// Claim serialises a start of VM uid: it locks dir (see LockDir) and
+// returns the pid of the VMM already running for uid, 0 when none does,
+// for a VM never gets a second VMM. The caller holds the lock until it
+// calls unlock.
+func (s *Supervisor) Claim(ctx context.Context, uid, dir string) (unlock func(), pid int, err error) {
+	unlock, err = LockDir(ctx, dir)
+	if err != nil {
+		return nil, 0, fmt.Errorf("vm %q: %w", uid, err)
+	}
+	if pid, err = s.Find(uid, dir); err != nil {
+		unlock()
+		return nil, 0, fmt.Errorf("vm %q: %w", uid, err)
+	}
+	return unlock, pid, nil
+}
+
+// LockStop locks dir for a stop of VM uid (see LockDir). A folder that is
+// gone is no error, for a stray VMM is still to be stopped: unlock then
+// does nothing.
+func (s *Supervisor) LockStop(ctx context.Context, uid, dir string) (unlock func(), err error) {
+	unlock, err = LockDir(ctx, dir)
+	switch {
+	case err == nil:
+		return unlock, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return func() {}, nil
+	}
+	return nil, fmt.Errorf("vm %q: %w", uid, err)
+}
+
+// Running returns the pid of the running VMM of VM uid, or an
+// errdefs.ErrFailedPrecondition error when none runs.
+func (s *Supervisor) Running(uid, dir string) (int, error) {
+	pid, err := s.Find(uid, dir)
+	if err != nil {
+		return 0, fmt.Errorf("vm %q: %w", uid, err)
+	}
+	if pid == 0 {
+		return 0, fmt.Errorf("vm %q: no vmm process: %w", uid, errdefs.ErrFailedPrecondition)
+	}
+	return pid, nil
+}
+
+// Status is the status of VM uid: Exited's when its VMM does not run,
+// else what live (the provider asking VMM pid) says.
+func (s *Supervisor) Status(ctx context.Context, uid, dir string, live func(ctx context.Context, uid, dir string, pid int) (vmm.Status, error)) (vmm.Status, error) {
+	pid, err := s.Find(uid, dir)
+	if err != nil {
+		return vmm.Status{}, fmt.Errorf("vm %q: %w", uid, err)
+	}
+	if pid == 0 {
+		return s.Exited(uid, dir), nil
+	}
+	return live(ctx, uid, dir, pid)
+}
+
+// Unanswered is the status of VM uid when its VMM pid did not answer a
+// status query (err; what names the VMM): the API hangs up on a VMM that
+// is exiting, so it is given a moment to exit; one that still runs is
+// reported running, with the error.
+func (s *Supervisor) Unanswered(ctx context.Context, uid, dir string, pid int, what string, err error) (vmm.Status, error) {
+	if s.WaitExit(ctx, pid, uid, 500*time.Millisecond) {
+		return s.Exited(uid, dir), nil
+	}
+	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: %s %d: %w", uid, what, pid, err)
+}
+
 // Exited is the status of a VM whose VMM does not run: not started when no
 // VMM was ever started in dir, else exited with the reason.
 func (s *Supervisor) Exited(uid, dir string) vmm.Status {

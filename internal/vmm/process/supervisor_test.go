@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
@@ -189,5 +190,66 @@ func TestWaitReadyChildExits(t *testing.T) {
 	err = s.WaitReady(ctx, uid, dir, c, func(context.Context) error { return os.ErrNotExist })
 	if err == nil || !strings.Contains(err.Error(), "vmm: bad config") || !strings.Contains(err.Error(), "exit status 3") {
 		t.Fatalf("WaitReady = %v; want the exit reason", err)
+	}
+}
+
+// TestSupervisorStartHelpers: Claim serialises starts and finds the
+// running VMM, Running refuses a VM without one, Status asks the provider
+// only about a live VMM, Unanswered reports a VMM that ended meanwhile as
+// exited, and LockStop accepts a VM folder that is gone.
+func TestSupervisorStartHelpers(t *testing.T) {
+	s := NewSupervisor(SupervisorOptions{UIDOf: supUID})
+	uid, dir := ulid.Make().String(), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	live := func(_ context.Context, _, _ string, pid int) (vmm.Status, error) {
+		return vmm.Status{State: vmm.StatePaused, Pid: pid}, nil
+	}
+
+	unlock, pid, err := s.Claim(ctx, uid, dir)
+	if err != nil || pid != 0 {
+		t.Fatalf("Claim before a start: pid %d, %v", pid, err)
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	if _, _, err := s.Claim(lctx, uid, dir); err == nil {
+		t.Fatal("a second Claim got the folder while the first holds it")
+	}
+	lcancel()
+	if _, err := s.Running(uid, dir); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("Running without a VMM: %v", err)
+	}
+	if st, err := s.Status(ctx, uid, dir, live); err != nil || st.State != vmm.StateNotStarted {
+		t.Fatalf("Status without a VMM: %+v, %v", st, err)
+	}
+	c := launchSleep(t, s, uid, dir, false)
+	unlock()
+
+	unlock, pid, err = s.Claim(ctx, uid, dir)
+	if err != nil || pid != c.Pid {
+		t.Fatalf("Claim with a VMM running: pid %d (want %d), %v", pid, c.Pid, err)
+	}
+	unlock()
+	if pid, err := s.Running(uid, dir); err != nil || pid != c.Pid {
+		t.Fatalf("Running: %d (want %d), %v", pid, c.Pid, err)
+	}
+	if st, err := s.Status(ctx, uid, dir, live); err != nil || st.State != vmm.StatePaused || st.Pid != c.Pid {
+		t.Fatalf("Status of a running VMM: %+v, %v", st, err)
+	}
+	if st, err := s.Unanswered(ctx, uid, dir, c.Pid, "sleep", os.ErrDeadlineExceeded); err == nil || st.State != vmm.StateRunning {
+		t.Fatalf("Unanswered while it runs: %+v, %v", st, err)
+	}
+	s.Kill(c)
+	if st, err := s.Unanswered(ctx, uid, dir, c.Pid, "sleep", os.ErrDeadlineExceeded); err != nil || st.State != vmm.StateExited {
+		t.Fatalf("Unanswered once it is gone: %+v, %v", st, err)
+	}
+
+	gone := filepath.Join(t.TempDir(), "gone")
+	unlock, err = s.LockStop(ctx, uid, gone)
+	if err != nil {
+		t.Fatalf("LockStop of a missing folder: %v", err)
+	}
+	unlock()
+	if _, err := s.LockStop(ctx, uid, filepath.Join(dir, CmdlineFile, "x")); err == nil {
+		t.Fatal("LockStop under a file succeeded")
 	}
 }

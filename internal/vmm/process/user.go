@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 )
 
 // DefaultVMMUser is the system user VMM processes run as when the host has
@@ -193,4 +195,68 @@ func (u User) GrantWrite(path string) error {
 		return fmt.Errorf("grant write of %s: %w", path, err)
 	}
 	return nil
+}
+
+// GrantVM gives u what a VMM opens by path for vm: the VM folder
+// (GrantDir), read access to the kernel, the initrd and the read-only
+// disks, ownership of the writable disks and of the files of also. Files
+// outside the VM folder are the operator's to arrange: they are never
+// re-owned here.
+func (u User) GrantVM(vm vmm.VM, also ...string) error {
+	if u.IsRoot() {
+		return nil
+	}
+	if err := u.GrantDir(vm.Dir); err != nil {
+		return err
+	}
+	read := []string{vm.KernelPath}
+	if vm.InitrdPath != "" {
+		read = append(read, vm.InitrdPath)
+	}
+	write := append([]string{}, also...)
+	for _, d := range vm.Disks {
+		if d.ReadOnly {
+			read = append(read, d.Path)
+		} else {
+			write = append(write, d.Path)
+		}
+	}
+	for _, f := range read {
+		if err := inside(vm.Dir, f, u.GrantRead); err != nil {
+			return err
+		}
+	}
+	for _, f := range write {
+		if err := inside(vm.Dir, f, u.GrantWrite); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inside calls fn with path when path lies in dir.
+func inside(dir, path string, fn func(string) error) error {
+	rel, err := filepath.Rel(dir, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil
+	}
+	return fn(path)
+}
+
+// SysProcAttr is the identity of a VMM process run as u, with /dev/kvm's
+// group as a supplementary group when kvm (the VMM uses KVM); nil for
+// root.
+func (u User) SysProcAttr(kvm bool) *syscall.SysProcAttr {
+	if u.IsRoot() {
+		return nil
+	}
+	var groups []uint32
+	if kvm {
+		if st, err := os.Stat("/dev/kvm"); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Gid != 0 {
+				groups = append(groups, sys.Gid)
+			}
+		}
+	}
+	return &syscall.SysProcAttr{Credential: u.Credential(groups...)}
 }

@@ -32,19 +32,19 @@ import (
 // daemon in PATH or libexec, QEMU's C daemon under lib/qemu.
 var VirtiofsdCandidates = []string{"virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"}
 
-// LookupVirtiofsd returns the virtiofsd to run: explicit when given (an
-// error when it is not found), else the first of VirtiofsdCandidates
-// found, else "".
+// LookupVirtiofsd returns the virtiofsd to run (see LookPath): explicit
+// when given (an error when it is not found), else the first of
+// VirtiofsdCandidates found, else "".
 func LookupVirtiofsd(explicit string) (string, error) {
 	if explicit != "" {
-		p, err := exec.LookPath(explicit)
+		p, err := LookPath(explicit)
 		if err != nil {
 			return "", fmt.Errorf("virtiofsd: %w", err)
 		}
 		return p, nil
 	}
 	for _, c := range VirtiofsdCandidates {
-		if p, err := exec.LookPath(c); err == nil {
+		if p, err := LookPath(c); err == nil {
 			return p, nil
 		}
 	}

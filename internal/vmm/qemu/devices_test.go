@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 // probeInit replaces the test root's /sbin/init: it lists the guest's
@@ -30,32 +30,6 @@ echo "LMTEST done"
 poweroff -f
 `
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// hostLink creates a host network device with ip(8) and deletes it when
-// the test ends.
-func hostLink(t *testing.T, name string, args ...string) {
-	t.Helper()
-	run(t, "ip", args...)
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", name).Run() })
-}
-
-func sysNet(t *testing.T, dev, attr string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("/sys/class/net", dev, attr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
-}
-
 // The guest sees the disks in the order given (the first is /dev/vda, and
 // it boots from it) and the network devices in the order given, TAP and
 // macvtap alike.
@@ -66,7 +40,7 @@ func TestDeviceOrder(t *testing.T) {
 
 	// Root disk: the test guest's tree with the probing init.
 	tree := filepath.Join(t.TempDir(), "root")
-	run(t, "cp", "-a", a.RootFSDir, tree)
+	vmmtest.Run(t, "cp", "-a", a.RootFSDir, tree)
 	if err := os.Remove(filepath.Join(tree, "sbin", "init")); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +48,7 @@ func TestDeviceOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := filepath.Join(vm.Dir, "root.img")
-	run(t, "mkfs.ext4", "-q", "-F", "-d", tree, root, "32M")
+	vmmtest.Run(t, "mkfs.ext4", "-q", "-F", "-d", tree, root, "32M")
 	// Two blank data disks of distinct sizes.
 	var disks []vmm.Disk
 	disks = append(disks, vmm.Disk{ID: "root", Path: root})
@@ -93,21 +67,21 @@ func TestDeviceOrder(t *testing.T) {
 	// A TAP and a macvtap (on one end of a veth pair), named uniquely.
 	tag := fmt.Sprintf("%05x", rand.IntN(1<<20))
 	tap, veth, mvtap := "lmqt"+tag, "lmqv"+tag, "lmqm"+tag
-	hostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
-	hostLink(t, veth, "link", "add", veth, "type", "veth", "peer", "name", "lmqp"+tag)
-	hostLink(t, mvtap, "link", "add", "link", veth, "name", mvtap, "type", "macvtap", "mode", "bridge")
-	run(t, "ip", "link", "set", veth, "up")
-	run(t, "ip", "link", "set", mvtap, "up")
-	idx, err := strconv.Atoi(sysNet(t, mvtap, "ifindex"))
+	vmmtest.HostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
+	vmmtest.HostLink(t, veth, "link", "add", veth, "type", "veth", "peer", "name", "lmqp"+tag)
+	vmmtest.HostLink(t, mvtap, "link", "add", "link", veth, "name", mvtap, "type", "macvtap", "mode", "bridge")
+	vmmtest.Run(t, "ip", "link", "set", veth, "up")
+	vmmtest.Run(t, "ip", "link", "set", mvtap, "up")
+	idx, err := strconv.Atoi(vmmtest.SysNet(t, mvtap, "ifindex"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	vm.Nets = []vmm.NetDevice{
 		{HostDevice: tap, GuestMAC: "02:11:22:33:44:01"},
-		{HostDevice: mvtap, HostIndex: idx, MacVTap: true, GuestMAC: sysNet(t, mvtap, "address")},
+		{HostDevice: mvtap, HostIndex: idx, MacVTap: true, GuestMAC: vmmtest.SysNet(t, mvtap, "address")},
 	}
 
-	ctx := testCtx(t, 3*time.Minute)
+	ctx := vmmtest.Ctx(t, 3*time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -115,9 +89,7 @@ func TestDeviceOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(150 * time.Second):
+	if !vmmtest.Closed(ch, 150*time.Second) {
 		t.Fatal("the guest did not power off")
 	}
 	b, err := os.ReadFile(filepath.Join(vm.Dir, process.ConsoleFile))
@@ -144,7 +116,7 @@ func TestDeviceOrder(t *testing.T) {
 		t.Fatalf("Status after guest power-off: %+v, %v", st, err)
 	}
 	// Read-only disks are read-only to QEMU.
-	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "data2.img,format=raw,if=none,readonly=on") {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, process.CmdlineFile), "data2.img,format=raw,if=none,readonly=on") {
 		t.Error("vmm.cmdline lacks the read-only drive")
 	}
 }

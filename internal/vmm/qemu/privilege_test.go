@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bufio"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 // writerInit replaces the test root's /sbin/init: it writes a marker at
@@ -22,26 +22,6 @@ printf LMTEST-WRITTEN >/dev/vdb && sync && echo "LMTEST wrote"
 ip link show eth0 >/dev/null 2>&1 && echo "LMTEST net eth0"
 poweroff -f
 `
-
-// procIDs returns the real uid and gid of process pid.
-func procIDs(t *testing.T, pid int) (uid, gid string) {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "Uid:"); ok {
-			uid = strings.Fields(v)[0]
-		}
-		if v, ok := strings.CutPrefix(s.Text(), "Gid:"); ok {
-			gid = strings.Fields(v)[0]
-		}
-	}
-	return uid, gid
-}
 
 // TestUnprivilegedVMM: with a VMM user, QEMU runs as that uid and gid,
 // boots from a root disk, writes its writable disk, gets its TAP (opened
@@ -60,12 +40,12 @@ func TestUnprivilegedVMM(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm.KernelPath, vm.InitrdPath = filepath.Join(vm.Dir, "kernel"), filepath.Join(vm.Dir, "initrd")
-	run(t, "cp", a.Vmlinuz, vm.KernelPath)
-	run(t, "cp", a.Initrd, vm.InitrdPath)
-	run(t, "chmod", "0600", vm.KernelPath, vm.InitrdPath)
+	vmmtest.Run(t, "cp", a.Vmlinuz, vm.KernelPath)
+	vmmtest.Run(t, "cp", a.Initrd, vm.InitrdPath)
+	vmmtest.Run(t, "chmod", "0600", vm.KernelPath, vm.InitrdPath)
 
 	tree := filepath.Join(t.TempDir(), "root")
-	run(t, "cp", "-a", a.RootFSDir, tree)
+	vmmtest.Run(t, "cp", "-a", a.RootFSDir, tree)
 	if err := os.Remove(filepath.Join(tree, "sbin", "init")); err != nil {
 		t.Fatal(err)
 	}
@@ -73,32 +53,30 @@ func TestUnprivilegedVMM(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := filepath.Join(vm.Dir, "root.img")
-	run(t, "mkfs.ext4", "-q", "-F", "-d", tree, root, "32M")
+	vmmtest.Run(t, "mkfs.ext4", "-q", "-F", "-d", tree, root, "32M")
 	data := filepath.Join(vm.Dir, "data.img")
 	if err := os.WriteFile(data, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "chmod", "0600", root)
+	vmmtest.Run(t, "chmod", "0600", root)
 	vm.Disks = []vmm.Disk{{ID: "root", Path: root, ReadOnly: true}, {ID: "data", Path: data}}
 	tap := fmt.Sprintf("lmqu%05x", rand.IntN(1<<20))
-	hostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
+	vmmtest.HostLink(t, tap, "tuntap", "add", "dev", tap, "mode", "tap")
 	vm.Nets = []vmm.NetDevice{{HostDevice: tap, GuestMAC: "02:11:22:33:44:09"}}
 
-	ctx := testCtx(t, 3*time.Minute)
+	ctx := vmmtest.Ctx(t, 3*time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uid, gid := procIDs(t, st.Pid); uid != "64123" || gid != "64123" {
+	if uid, gid := vmmtest.ProcIDs(t, st.Pid); uid != "64123" || gid != "64123" {
 		t.Fatalf("qemu runs as %s:%s, want 64123:64123", uid, gid)
 	}
 	ch, err := p.Wait(ctx, vm.UID, vm.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(150 * time.Second):
+	if !vmmtest.Closed(ch, 150*time.Second) {
 		t.Fatal("the guest did not power off")
 	}
 	console, _ := os.ReadFile(filepath.Join(vm.Dir, process.ConsoleFile))
@@ -120,7 +98,7 @@ func TestUnprivilegedVMM(t *testing.T) {
 			t.Errorf("%s: mode %v, want group read, no group or other write", f, fi.Mode().Perm())
 		}
 	}
-	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "tap,id=net0,fd=4") {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, process.CmdlineFile), "tap,id=net0,fd=4") {
 		t.Error("vmm.cmdline: the TAP is not passed as a descriptor")
 	}
 }
@@ -164,8 +142,8 @@ func TestBackingFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	mid, top := filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "top.qcow2")
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid)
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
+	vmmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid)
+	vmmtest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
 	chain, err := backingFiles(top)
 	if err != nil || len(chain) != 2 || chain[0] != mid || chain[1] != base {
 		t.Fatalf("chain %v, %v; want [%s %s]", chain, err, mid, base)

@@ -20,9 +20,7 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -195,18 +193,12 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	if err := p.validateShares(vm); err != nil {
 		return vmm.Status{}, err
 	}
-	unlock, err := process.LockDir(ctx, vm.Dir)
+	unlock, pid, err := p.sup.Claim(ctx, vm.UID, vm.Dir)
 	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
+		return vmm.Status{}, err
 	}
 	defer unlock()
-
-	// Never a second VMM for one VM.
-	pid, err := p.sup.Find(vm.UID, vm.Dir)
-	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
-	}
-	if pid != 0 {
+	if pid != 0 { // never a second VMM for one VM
 		return p.status(ctx, vm.UID, vm.Dir, pid)
 	}
 
@@ -236,7 +228,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 	l.qmpFD = 3
 	comments := []string{fmt.Sprintf("fd 3: listening socket %s", sock)}
 	for i, n := range vm.Nets {
-		f, what, err := openNet(n)
+		f, what, err := process.OpenNet(n, false)
 		if err != nil {
 			return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 		}
@@ -276,7 +268,7 @@ func (p *Provider) Start(ctx context.Context, vm vmm.VM) (_ vmm.Status, err erro
 		return vmm.Status{}, fmt.Errorf("vm %q: %w", vm.UID, err)
 	}
 	cmd := &exec.Cmd{Path: p.binary, Args: argv, Dir: vm.Dir, Stdout: logf, Stderr: logf, ExtraFiles: files[:len(files)-1],
-		SysProcAttr: credential(p.opts.User, accel.Accel)}
+		SysProcAttr: p.opts.User.SysProcAttr(accel.Accel == AccelKVM)}
 	c, err := p.sup.Launch(vm.UID, vm.Dir, cmd)
 	// Our copies go now: with QEMU the only holder of the QMP socket, its
 	// exit fails our connection at once.
@@ -328,14 +320,7 @@ func statusOf(pid int, qs qmpStatus) vmm.Status {
 
 // Status implements vmm.Provider.
 func (p *Provider) Status(ctx context.Context, uid, dir string) (vmm.Status, error) {
-	pid, err := p.sup.Find(uid, dir)
-	if err != nil {
-		return vmm.Status{}, fmt.Errorf("vm %q: %w", uid, err)
-	}
-	if pid == 0 {
-		return p.sup.Exited(uid, dir), nil
-	}
-	return p.status(ctx, uid, dir, pid)
+	return p.sup.Status(ctx, uid, dir, p.status)
 }
 
 // qmpTimeout bounds one QMP exchange with a running VMM.
@@ -350,21 +335,13 @@ func (p *Provider) status(ctx context.Context, uid, dir string, pid int) (vmm.St
 	if err == nil {
 		return statusOf(pid, qs), nil
 	}
-	// QMP hangs up on a VMM that is exiting: give it a moment.
-	if p.sup.WaitExit(ctx, pid, uid, 500*time.Millisecond) {
-		return p.sup.Exited(uid, dir), nil
-	}
-	return vmm.Status{State: vmm.StateRunning, Pid: pid}, fmt.Errorf("vm %q: qemu %d: %w", uid, pid, err)
+	return p.sup.Unanswered(ctx, uid, dir, pid, "qemu", err)
 }
 
 // Resume implements vmm.Provider.
 func (p *Provider) Resume(ctx context.Context, vm vmm.VM) error {
-	pid, err := p.sup.Find(vm.UID, vm.Dir)
-	if err != nil {
-		return fmt.Errorf("vm %q: %w", vm.UID, err)
-	}
-	if pid == 0 {
-		return fmt.Errorf("vm %q: no vmm process: %w", vm.UID, errdefs.ErrFailedPrecondition)
+	if _, err := p.sup.Running(vm.UID, vm.Dir); err != nil {
+		return err
 	}
 	qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
 	defer cancel()
@@ -378,14 +355,11 @@ func (p *Provider) Resume(ctx context.Context, vm vmm.VM) error {
 // to timeout for the guest to power off, then QMP quit, then SIGKILL. A
 // cancelled ctx skips to SIGKILL.
 func (p *Provider) Stop(ctx context.Context, uid, dir string, timeout time.Duration) error {
-	unlock, err := process.LockDir(ctx, dir)
-	switch {
-	case err == nil:
-		defer unlock()
-	case errors.Is(err, fs.ErrNotExist): // folder gone: still stop a stray VMM
-	default:
-		return fmt.Errorf("vm %q: %w", uid, err)
+	unlock, err := p.sup.LockStop(ctx, uid, dir)
+	if err != nil {
+		return err
 	}
+	defer unlock()
 	sock := filepath.Join(dir, qmpSocket)
 	qmp := func(cmd string) func(context.Context) error {
 		return func(ctx context.Context) error { return qmpDo(ctx, sock, cmd, nil, nil) }

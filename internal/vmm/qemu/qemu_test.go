@@ -14,6 +14,7 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 func TestNewOptions(t *testing.T) {
@@ -52,16 +53,16 @@ func TestStartValidates(t *testing.T) {
 	} {
 		vm := good
 		edit(&vm)
-		if _, err := p.Start(testCtx(t, 5*time.Second), vm); !errdefs.IsInvalidArgument(err) {
+		if _, err := p.Start(vmmtest.Ctx(t, 5*time.Second), vm); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want invalid argument", name, err)
 		}
 	}
 	// Status of a folder where nothing was started.
-	st, err := p.Status(testCtx(t, 5*time.Second), "U", good.Dir)
+	st, err := p.Status(vmmtest.Ctx(t, 5*time.Second), "U", good.Dir)
 	if err != nil || st.State != vmm.StateNotStarted {
 		t.Errorf("status before start: %+v, %v", st, err)
 	}
-	ch, err := p.Wait(testCtx(t, 5*time.Second), "U", good.Dir)
+	ch, err := p.Wait(vmmtest.Ctx(t, 5*time.Second), "U", good.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func TestStartValidates(t *testing.T) {
 	default:
 		t.Error("Wait channel of a VM without process is open")
 	}
-	if err := p.Resume(testCtx(t, 5*time.Second), good); !errdefs.IsFailedPrecondition(err) {
+	if err := p.Resume(vmmtest.Ctx(t, 5*time.Second), good); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("resume without process: %v", err)
 	}
 }
@@ -81,7 +82,7 @@ func TestStartValidates(t *testing.T) {
 func TestAccelProbe(t *testing.T) {
 	a := guest(t)
 	p, logs := newProvider(t, Options{Accel: AccelAuto, ProbeTimeout: 2 * time.Second})
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 
 	start := time.Now()
 	choice, err := p.Accel(ctx, a.Vmlinuz)
@@ -123,7 +124,7 @@ func TestAccelProbe(t *testing.T) {
 		}
 		deadline := time.Now().Add(4 * time.Second)
 		for time.Now().Before(deadline) && !kvmBooted {
-			kvmBooted = fileContains(filepath.Join(vm.Dir, process.ConsoleFile), kernelBanner)
+			kvmBooted = vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), kernelBanner)
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
@@ -142,7 +143,7 @@ func TestAccelProbe(t *testing.T) {
 	if _, err := p.Start(ctx, auto); err != nil {
 		t.Fatal(err)
 	}
-	if !fileContains(filepath.Join(auto.Dir, process.CmdlineFile), "microvm,accel="+choice.Accel) {
+	if !vmmtest.FileContains(filepath.Join(auto.Dir, process.CmdlineFile), "microvm,accel="+choice.Accel) {
 		t.Errorf("vmm.cmdline does not use accel %s", choice.Accel)
 	}
 }
@@ -150,7 +151,7 @@ func TestAccelProbe(t *testing.T) {
 func TestLifecycle(t *testing.T) {
 	p, logs := newProvider(t, Options{})
 	vm := newVM(t, p)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := vmmtest.Ctx(t, 2*time.Minute)
 
 	st, err := p.Start(ctx, vm)
 	if err != nil {
@@ -161,13 +162,13 @@ func TestLifecycle(t *testing.T) {
 	}
 	pid := st.Pid
 	console := filepath.Join(vm.Dir, process.ConsoleFile)
-	eventually(t, 30*time.Second, "the kernel banner on the console", func() bool { return fileContains(console, kernelBanner) })
+	vmmtest.Eventually(t, 30*time.Second, "the kernel banner on the console", func() bool { return vmmtest.FileContains(console, kernelBanner) })
 
 	// QEMU wrote its pid file; the operator's command line carries the uid.
 	if got, err := process.ReadPidFile(filepath.Join(vm.Dir, process.PidFile)); err != nil || got != pid {
 		t.Errorf("pid file: %d, %v; want %d", got, err, pid)
 	}
-	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "guest="+vm.UID) {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, process.CmdlineFile), "guest="+vm.UID) {
 		t.Error("vmm.cmdline lacks the uid marker")
 	}
 
@@ -245,7 +246,7 @@ func TestStartPausedResume(t *testing.T) {
 	p, _ := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.StartPaused = true
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := vmmtest.Ctx(t, 2*time.Minute)
 
 	st, err := p.Start(ctx, vm)
 	if err != nil {
@@ -256,7 +257,7 @@ func TestStartPausedResume(t *testing.T) {
 	}
 	console := filepath.Join(vm.Dir, process.ConsoleFile)
 	time.Sleep(300 * time.Millisecond) // a running TCG guest prints its banner by now
-	if fileContains(console, kernelBanner) {
+	if vmmtest.FileContains(console, kernelBanner) {
 		t.Fatal("the paused guest ran")
 	}
 	if st, err := p.Status(ctx, vm.UID, vm.Dir); err != nil || st.State != vmm.StatePaused {
@@ -275,14 +276,14 @@ func TestStartPausedResume(t *testing.T) {
 	if st, err := p.Status(ctx, vm.UID, vm.Dir); err != nil || st.State != vmm.StateRunning {
 		t.Fatalf("Status after Resume: %+v, %v", st, err)
 	}
-	eventually(t, 30*time.Second, "the kernel banner", func() bool { return fileContains(console, kernelBanner) })
+	vmmtest.Eventually(t, 30*time.Second, "the kernel banner", func() bool { return vmmtest.FileContains(console, kernelBanner) })
 }
 
 func TestKilledVMM(t *testing.T) {
 	p, _ := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.StartPaused = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -294,9 +295,7 @@ func TestKilledVMM(t *testing.T) {
 	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(10 * time.Second):
+	if !vmmtest.Closed(ch, 10*time.Second) {
 		t.Fatal("Wait channel still open 10s after kill -9")
 	}
 	st, err = p.Status(ctx, vm.UID, vm.Dir)
@@ -314,7 +313,7 @@ func TestKilledVMM(t *testing.T) {
 func TestRestartedDaemon(t *testing.T) {
 	p1, _ := newProvider(t, Options{})
 	vm := newVM(t, p1)
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := vmmtest.Ctx(t, 2*time.Minute)
 	st, err := p1.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -344,17 +343,13 @@ func TestRestartedDaemon(t *testing.T) {
 	if ch != ch2 {
 		t.Error("Wait callers do not share one watcher")
 	}
-	select {
-	case <-ch:
+	if vmmtest.Closed(ch, 100*time.Millisecond) {
 		t.Fatal("Wait channel closed while the VMM runs")
-	case <-time.After(100 * time.Millisecond):
 	}
 	if err := p2.Stop(ctx, vm.UID, vm.Dir, 0); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
+	if !vmmtest.Closed(ch, 5*time.Second) {
 		t.Fatal("Wait channel of the second provider still open after Stop")
 	}
 	st4, err := p2.Status(ctx, vm.UID, vm.Dir)
@@ -368,7 +363,7 @@ func TestGuestPanic(t *testing.T) {
 	vm := newVM(t, p)
 	vm.InitrdPath = ""
 	vm.Cmdline = "root=/dev/nonexistent"
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := vmmtest.Ctx(t, 2*time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -376,9 +371,7 @@ func TestGuestPanic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(60 * time.Second):
+	if !vmmtest.Closed(ch, 60*time.Second) {
 		t.Fatal("the panicking guest's VMM did not exit")
 	}
 	st, err := p.Status(ctx, vm.UID, vm.Dir)
@@ -397,7 +390,7 @@ func TestStartFailure(t *testing.T) {
 	p, _ := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.Disks = []vmm.Disk{{ID: "root", Path: filepath.Join(vm.Dir, "missing.img")}}
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	_, err := p.Start(ctx, vm)
 	if err == nil || !strings.Contains(err.Error(), "missing.img") {
 		t.Fatalf("Start with a missing disk: %v", err)
@@ -416,7 +409,7 @@ func TestStopCancelled(t *testing.T) {
 	p, _ := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.StartPaused = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -444,7 +437,7 @@ func TestConcurrentStart(t *testing.T) {
 	p, _ := newProvider(t, Options{})
 	vm := newVM(t, p)
 	vm.StartPaused = true
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	pids := make(chan int, 4)
 	errs := make(chan error, 4)
 	for range 4 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 // startBareQEMU runs a paused QEMU with its QMP monitor on a socket at
@@ -42,7 +43,7 @@ func startBareQEMU(t *testing.T, sock string) *exec.Cmd {
 func TestQMPClient(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "qmp.sock")
 	cmd := startBareQEMU(t, sock)
-	ctx := testCtx(t, 30*time.Second)
+	ctx := vmmtest.Ctx(t, 30*time.Second)
 
 	c, err := dialQMP(ctx, sock)
 	if err != nil {
@@ -141,7 +142,7 @@ func TestQMPContext(t *testing.T) {
 			c.Close()
 		}
 	}()
-	if _, err := dialQMP(testCtx(t, 5*time.Second), sock2); err == nil || !strings.Contains(err.Error(), "not a QMP server") {
+	if _, err := dialQMP(vmmtest.Ctx(t, 5*time.Second), sock2); err == nil || !strings.Contains(err.Error(), "not a QMP server") {
 		t.Fatalf("dial to a non-QMP server: %v", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
 func TestSharedDirArgs(t *testing.T) {
@@ -117,7 +118,7 @@ func sharedVM(t *testing.T, p *Provider, share string) vmm.VM {
 	a := guest(t)
 	vm := newVM(t, p)
 	tree := filepath.Join(t.TempDir(), "root")
-	run(t, "cp", "-a", a.RootFSDir, tree)
+	vmmtest.Run(t, "cp", "-a", a.RootFSDir, tree)
 	if err := os.Remove(filepath.Join(tree, "sbin", "init")); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func sharedVM(t *testing.T, p *Provider, share string) vmm.VM {
 		t.Fatal(err)
 	}
 	root := filepath.Join(vm.Dir, "root.img")
-	run(t, "mkfs.ext4", "-q", "-F", "-d", tree, root, "32M")
+	vmmtest.Run(t, "mkfs.ext4", "-q", "-F", "-d", tree, root, "32M")
 	vm.Disks = []vmm.Disk{{ID: "root", Path: root}}
 	vm.Cmdline = "root=/dev/vda rw"
 	vm.SharedDirs = []vmm.SharedDir{{Tag: "shared", HostPath: share}}
@@ -155,12 +156,12 @@ func TestSharedFolder(t *testing.T) {
 	}
 	vm := sharedVM(t, p, share)
 
-	ctx := testCtx(t, 3*time.Minute)
+	ctx := vmmtest.Ctx(t, 3*time.Minute)
 	st, err := p.Start(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uid, _ := procIDs(t, st.Pid); uid != "64124" {
+	if uid, _ := vmmtest.ProcIDs(t, st.Pid); uid != "64124" {
 		t.Errorf("qemu runs as uid %s", uid)
 	}
 	sock := filepath.Join(vm.Dir, process.VirtiofsSocketName(vm.UID, 0))
@@ -171,7 +172,7 @@ func TestSharedFolder(t *testing.T) {
 	if sys := fi.Sys().(*syscall.Stat_t); sys.Uid != 0 || sys.Gid != u.GID || fi.Mode().Perm() != 0o660 {
 		t.Errorf("socket %s: %d:%d %v, want 0:%d 0660", sock, sys.Uid, sys.Gid, fi.Mode().Perm(), u.GID)
 	}
-	if !fileContains(filepath.Join(vm.Dir, process.CmdlineFile), "vhost-user-fs-device,chardev=fs0,tag=shared") {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, process.CmdlineFile), "vhost-user-fs-device,chardev=fs0,tag=shared") {
 		t.Error("vmm.cmdline lacks the virtio-fs device")
 	}
 
@@ -179,9 +180,7 @@ func TestSharedFolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-ch:
-	case <-time.After(150 * time.Second):
+	if !vmmtest.Closed(ch, 150*time.Second) {
 		t.Fatal("the guest did not power off")
 	}
 	console, _ := os.ReadFile(filepath.Join(vm.Dir, process.ConsoleFile))
@@ -193,7 +192,7 @@ func TestSharedFolder(t *testing.T) {
 		t.Fatalf("the guest's file on the host: %q, %v", b, err)
 	}
 	// virtiofsd ends when QEMU hangs up.
-	eventually(t, 10*time.Second, "virtiofsd to exit after qemu", func() bool {
+	vmmtest.Eventually(t, 10*time.Second, "virtiofsd to exit after qemu", func() bool {
 		pids, err := p.virtiofsd.Pids(vm.UID)
 		return err == nil && len(pids) == 0
 	})
@@ -206,7 +205,7 @@ func TestSharedFolderRestartedDaemon(t *testing.T) {
 	p, _ := newProvider(t, Options{})
 	vm := sharedVM(t, p, t.TempDir())
 	vm.Cmdline += " lmidle"
-	ctx := testCtx(t, 3*time.Minute)
+	ctx := vmmtest.Ctx(t, 3*time.Minute)
 	if _, err := p.Start(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
@@ -216,10 +215,10 @@ func TestSharedFolderRestartedDaemon(t *testing.T) {
 	}
 	// Once the guest has mounted the share, the daemon serves it from its
 	// sandbox.
-	eventually(t, 150*time.Second, "the guest to idle", func() bool {
-		return fileContains(filepath.Join(vm.Dir, process.ConsoleFile), "LMTEST idle")
+	vmmtest.Eventually(t, 150*time.Second, "the guest to idle", func() bool {
+		return vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), "LMTEST idle")
 	})
-	if !fileContains(filepath.Join(vm.Dir, process.ConsoleFile), "LMTEST wrote") {
+	if !vmmtest.FileContains(filepath.Join(vm.Dir, process.ConsoleFile), "LMTEST wrote") {
 		t.Fatal("the guest did not write to the share")
 	}
 
@@ -246,7 +245,7 @@ func TestSharedFolderStartFailure(t *testing.T) {
 	p, _ := newProvider(t, Options{ExtraArgs: []string{"-no-such-option"}})
 	vm := newVM(t, p)
 	vm.SharedDirs = []vmm.SharedDir{{Tag: "shared", HostPath: t.TempDir()}}
-	ctx := testCtx(t, time.Minute)
+	ctx := vmmtest.Ctx(t, time.Minute)
 	if _, err := p.Start(ctx, vm); err == nil {
 		t.Fatal("Start with a bad QEMU option succeeded")
 	}
