@@ -22,43 +22,21 @@ dir="$root/bin/cache/capi-$version"
 bins=(capi-manager kubeadm-bootstrap-manager kubeadm-control-plane-manager clusterctl)
 providers=(core bootstrap-kubeadm control-plane-kubeadm)
 
-print=false
-[ "${1:-}" = "-p" ] && print=true
+# shellcheck source=lib/cache.sh
+. "$root/hack/lib/cache.sh"
 
 cached() {
   local b
   for b in "${bins[@]}"; do [ -x "$dir/$b" ] || return 1; done
   [ -f "$dir/.manifests-done" ]
 }
-done_() {
-  if $print; then echo "$dir"; fi
-  exit 0
-}
 
-cached && done_
-mkdir -p "$dir"
-# Parallel callers (several test packages, make targets) wait for one build.
-exec 9>"$dir/.lock"
-flock 9
-cached && done_
-
-echo "building Cluster API $version managers and clusterctl into $dir (first time only, a few minutes)" >&2
-log="$dir/build.log"
-: >"$log"
-fail() {
-  echo "build-capi: $1 failed; last lines of $log:" >&2
-  tail -n 40 "$log" >&2
-  exit 1
-}
-
-export GOWORK=off GOFLAGS="-mod=mod -buildvcs=false"
+cache_enter "$@"
+cache_begin build-capi "building Cluster API $version managers and clusterctl into $dir (first time only, a few minutes)"
 
 # --- binaries -----------------------------------------------------------
 src="$dir/src"
-rm -rf "$src"
-mkdir -p "$src"
-cd "$src"
-printf 'module liquidmetal.local/capi-build\n\ngo 1.26\n' >go.mod
+cache_module "$src" liquidmetal.local/capi-build
 cat >tools.go <<'GO'
 //go:build tools
 
@@ -132,4 +110,4 @@ cp "$mod/metadata.yaml" "$dir/metadata.yaml"
 chmod u+w "$dir/metadata.yaml"
 echo "$version built $date" >"$dir/VERSION"
 touch "$dir/.manifests-done"
-if $print; then echo "$dir"; fi
+cache_finish

@@ -27,6 +27,7 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/internal/controller"
 	"github.com/liquidmetal-go/liquidmetal/internal/controller/controllertest"
 	"github.com/liquidmetal-go/liquidmetal/internal/controller/flintlocktest"
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
 
 func freePort(t *testing.T) int {
@@ -47,21 +48,6 @@ func get(url string) (int, string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // TestManager runs the manager as main does, with its flags, against a
@@ -148,7 +134,7 @@ func TestManager(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eventually(t, 60*time.Second, "ready", func() error {
+	testenv.Eventually(t, 60*time.Second, "ready", func() error {
 		select {
 		case err := <-done:
 			t.Fatalf("the manager stopped: %v", err)
@@ -208,7 +194,7 @@ func TestManager(t *testing.T) {
 			NetworkInterfaces: []infrav1.NetworkInterface{{GuestDeviceName: "eth0", Type: infrav1.IfaceTypeTap}},
 		}},
 	}))
-	eventually(t, 30*time.Second, "machine running", func() error {
+	testenv.Eventually(t, 30*time.Second, "machine running", func() error {
 		mm := &infrav1.MicrovmMachine{}
 		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "m1"}, mm); err != nil {
 			return err

@@ -31,7 +31,11 @@ import (
 	"github.com/liquidmetal-go/liquidmetal/internal/controller/controllertest"
 	"github.com/liquidmetal-go/liquidmetal/internal/controller/flintlocktest"
 	"github.com/liquidmetal-go/liquidmetal/internal/hostclient"
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
+
+// eventually retries a check until it passes or the time is up.
+var eventually = testenv.Eventually
 
 // The package's tests share one API server and one manager running both
 // controllers with short timings. The manager only handles objects with
@@ -134,23 +138,6 @@ func needEnv(t *testing.T) {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip("SKIP: " + skipReason)
-	}
-}
-
-// eventually retries check every 50 ms until it returns nil or timeout
-// passes.
-func eventually(t *testing.T, timeout time.Duration, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -1,22 +1,16 @@
 package flcli
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/liquidmetal-go/liquidmetal/api/types"
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
 
 // testPKI is a throwaway CA with a server certificate for 127.0.0.1 and a
@@ -30,44 +24,16 @@ type testPKI struct {
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
 	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testenv.NewCA("fl test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fl test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(serial int64, name string, usage x509.ExtKeyUsage) ([]byte, []byte) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	issue := func(name string, usage x509.ExtKeyUsage) ([]byte, []byte) {
+		crt, key, err := ca.Issue(testenv.CertSpec{CommonName: name, Usage: usage, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-			pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+		return crt, key
 	}
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
@@ -76,14 +42,13 @@ func newTestPKI(t *testing.T) *testPKI {
 		}
 		return p
 	}
-	p := &testPKI{pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	p.caFile = write("ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
-	srvCert, srvKey := issue(2, "flintlockd", x509.ExtKeyUsageServerAuth)
+	p := &testPKI{pool: ca.Pool()}
+	p.caFile = write("ca.pem", ca.CertPEM)
+	srvCert, srvKey := issue("flintlockd", x509.ExtKeyUsageServerAuth)
 	if p.server, err = tls.X509KeyPair(srvCert, srvKey); err != nil {
 		t.Fatal(err)
 	}
-	cliCert, cliKey := issue(3, "fl", x509.ExtKeyUsageClientAuth)
+	cliCert, cliKey := issue("fl", x509.ExtKeyUsageClientAuth)
 	p.clientCert, p.clientKey = write("client.pem", cliCert), write("client-key.pem", cliKey)
 	return p
 }

@@ -11,18 +11,20 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
 
 // hostNS is a namespace set up as a host before apply: a parent NIC eth0
 // and an uplink wan0 (veth ends whose peers stay in the namespace), up.
-func hostNS(t *testing.T) *testNS {
-	n := newNS(t)
-	n.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-	n.run("ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
+func hostNS(t *testing.T) *testenv.NetNS {
+	n := testenv.NewNetNS(t, "lmhn")
+	n.Run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+	n.Run("ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
 	for _, l := range []string{"eth0", "eth0p", "wan0", "wan0p"} {
-		n.run("ip", "link", "set", l, "up")
+		n.Run("ip", "link", "set", l, "up")
 	}
-	n.run("ip", "addr", "add", "198.51.100.2/24", "dev", "wan0")
+	n.Run("ip", "addr", "add", "198.51.100.2/24", "dev", "wan0")
 	return n
 }
 
@@ -55,17 +57,17 @@ func parse(t *testing.T, yaml, stateDir string) *Config {
 	return c
 }
 
-func apply(t *testing.T, n *testNS, c *Config, opts Options) (res *Result, err error) {
+func apply(t *testing.T, n *testenv.NetNS, c *Config, opts Options) (res *Result, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	n.in(func() { res, err = Apply(ctx, c, opts) })
+	n.Do(func() { res, err = Apply(ctx, c, opts) })
 	return res, err
 }
 
-func teardown(t *testing.T, n *testNS, c *Config, opts Options) (res *Result, err error) {
+func teardown(t *testing.T, n *testenv.NetNS, c *Config, opts Options) (res *Result, err error) {
 	t.Helper()
-	n.in(func() { res, err = Teardown(context.Background(), c, opts) })
+	n.Do(func() { res, err = Teardown(context.Background(), c, opts) })
 	return res, err
 }
 
@@ -76,7 +78,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 	n := hostNS(t)
 	stateDir := filepath.Join(t.TempDir(), "hostnet")
 	c := parse(t, fullConfig, stateDir)
-	before := n.snapshot()
+	before := n.Snapshot()
 
 	// A dry run lists the steps and changes nothing.
 	dry, err := apply(t, n, c, Options{DryRun: true})
@@ -91,7 +93,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 			t.Errorf("dry run has no step %q", want)
 		}
 	}
-	if got := n.snapshot(); got != before {
+	if got := n.Snapshot(); got != before {
 		t.Fatalf("dry run changed the namespace:\n%s", diff(before, got))
 	}
 	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
@@ -108,19 +110,19 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 	}
 
 	// What the kernel and dnsmasq now show.
-	if up := n.run("ip", "-d", "link", "show", "eth0"); !regexp.MustCompile(`eth0@eth0p:.*master lmbr0 state UP`).MatchString(up) {
+	if up := n.Run("ip", "-d", "link", "show", "eth0"); !regexp.MustCompile(`eth0@eth0p:.*master lmbr0 state UP`).MatchString(up) {
 		t.Errorf("eth0 is not on lmbr0:\n%s", up)
 	}
-	if br := n.run("ip", "-d", "link", "show", "lmbr0"); !strings.Contains(br, "bridge forward_delay") || !strings.Contains(br, "state UP") {
+	if br := n.Run("ip", "-d", "link", "show", "lmbr0"); !strings.Contains(br, "bridge forward_delay") || !strings.Contains(br, "state UP") {
 		t.Errorf("lmbr0 is not an up bridge:\n%s", br)
 	}
-	if a := n.run("ip", "-4", "addr", "show", "lmbr0"); !strings.Contains(a, "inet 10.20.0.1/24") {
+	if a := n.Run("ip", "-4", "addr", "show", "lmbr0"); !strings.Contains(a, "inet 10.20.0.1/24") {
 		t.Errorf("lmbr0 lacks 10.20.0.1/24:\n%s", a)
 	}
-	if f := strings.TrimSpace(n.run("cat", "/proc/sys/net/ipv4/ip_forward")); f != "1" {
+	if f := strings.TrimSpace(n.Run("cat", "/proc/sys/net/ipv4/ip_forward")); f != "1" {
 		t.Errorf("ip_forward = %s", f)
 	}
-	rules := n.run("nft", "list", "table", "inet", "liquidmetal")
+	rules := n.Run("nft", "list", "table", "inet", "liquidmetal")
 	for _, want := range []string{
 		`iifname "lmbr0" tcp dport 9090 drop comment "liquidmetal: VMs on lmbr0 may not reach management port tcp/9090"`,
 		`iifname "lmbr0" tcp dport 9091 drop`,
@@ -136,7 +138,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 	if pid == 0 {
 		t.Fatalf("dnsmasq is not running")
 	}
-	if !sameFile(t, "/proc/"+itoa(pid)+"/ns/net", "/run/netns/"+n.name) {
+	if !sameFile(t, "/proc/"+itoa(pid)+"/ns/net", "/run/netns/"+n.Name) {
 		t.Errorf("dnsmasq runs outside the namespace")
 	}
 	conf, _ := os.ReadFile(filepath.Join(stateDir, dnsmasqConf))
@@ -149,7 +151,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 	}
 
 	// Again: nothing to do, nothing changed, the same dnsmasq.
-	applied := n.snapshot()
+	applied := n.Snapshot()
 	res, err = apply(t, n, c, Options{})
 	if err != nil {
 		t.Fatalf("second apply: %v", err)
@@ -157,7 +159,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 	if len(res.Steps) != 0 {
 		t.Errorf("second apply made steps: %v", res.Steps)
 	}
-	if got := n.snapshot(); got != applied {
+	if got := n.Snapshot(); got != applied {
 		t.Errorf("second apply changed the namespace:\n%s", diff(applied, got))
 	}
 	if p := dnsmasqPID(stateDir); p != pid {
@@ -170,7 +172,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 	if err != nil || len(dryDown.Steps) < 6 {
 		t.Fatalf("teardown dry run: %v %v", dryDown, err)
 	}
-	if got := n.snapshot(); got != applied {
+	if got := n.Snapshot(); got != applied {
 		t.Fatalf("teardown dry run changed the namespace:\n%s", diff(applied, got))
 	}
 	down, err := teardown(t, n, c, Options{})
@@ -178,7 +180,7 @@ func TestApplyTwiceAndTeardown(t *testing.T) {
 		t.Fatalf("teardown: %v", err)
 	}
 	t.Logf("teardown:\n  %s", strings.Join(down.Steps, "\n  "))
-	if got := n.snapshot(); got != before {
+	if got := n.Snapshot(); got != before {
 		t.Errorf("teardown did not restore the namespace:\n%s", diff(before, got))
 	}
 	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
@@ -203,14 +205,14 @@ func TestTeardownKeepsWhatExisted(t *testing.T) {
 	// The operator's bridge is in use: up, with a port. (The kernel changes
 	// a bridge that never had a port in ways no one can undo: carrier,
 	// offload sizes.)
-	n.run("ip", "link", "add", "br-ops", "type", "bridge")
-	n.run("ip", "link", "add", "opsport", "type", "veth", "peer", "name", "opspeer")
-	n.run("ip", "link", "set", "opsport", "master", "br-ops")
+	n.Run("ip", "link", "add", "br-ops", "type", "bridge")
+	n.Run("ip", "link", "add", "opsport", "type", "veth", "peer", "name", "opspeer")
+	n.Run("ip", "link", "set", "opsport", "master", "br-ops")
 	for _, l := range []string{"opsport", "opspeer", "br-ops"} {
-		n.run("ip", "link", "set", l, "up")
+		n.Run("ip", "link", "set", l, "up")
 	}
-	n.run("ip", "link", "set", "eth0", "down")
-	for i := 0; !strings.Contains(n.run("ip", "link", "show", "br-ops"), "state UP"); i++ {
+	n.Run("ip", "link", "set", "eth0", "down")
+	for i := 0; !strings.Contains(n.Run("ip", "link", "show", "br-ops"), "state UP"); i++ {
 		if i > 100 {
 			t.Fatal("br-ops did not come up")
 		}
@@ -221,7 +223,7 @@ func TestTeardownKeepsWhatExisted(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := parse(t, "parentInterface: eth0\nbridge: br-ops\naddress: 10.30.0.1/24\n", stateDir)
-	before := n.snapshot()
+	before := n.Snapshot()
 	res, err := apply(t, n, c, Options{})
 	t.Cleanup(func() { _, _ = teardown(t, n, c, Options{}) })
 	if err != nil {
@@ -231,13 +233,13 @@ func TestTeardownKeepsWhatExisted(t *testing.T) {
 	if strings.Join(res.Steps, "\n") != strings.Join(want, "\n")+" (1 rules: input 0, forward 1, postrouting 0)" {
 		t.Errorf("apply steps:\n%s\nwant:\n%s", strings.Join(res.Steps, "\n"), strings.Join(want, "\n"))
 	}
-	if l := n.run("ip", "link", "show", "eth0"); !strings.Contains(l, "master br-ops state UP") {
+	if l := n.Run("ip", "link", "show", "eth0"); !strings.Contains(l, "master br-ops state UP") {
 		t.Errorf("eth0: %s", l)
 	}
 	if _, err := teardown(t, n, c, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := n.snapshot(); got != before {
+	if got := n.Snapshot(); got != before {
 		t.Errorf("teardown did not restore the namespace:\n%s", diff(before, got))
 	}
 	if _, err := os.Stat(stateDir); err != nil {
@@ -252,15 +254,15 @@ func TestVLANUplink(t *testing.T) {
 	n := hostNS(t)
 	stateDir := filepath.Join(t.TempDir(), "hostnet")
 	c := parse(t, "parentInterface: eth0\nvlanID: 100\nbridge: lmbr0\naddress: 10.20.0.1/24\n", stateDir)
-	before := n.snapshot()
-	_, probeErr := n.try("ip", "link", "add", "link", "eth0", "name", "probe.7", "type", "vlan", "id", "7")
+	before := n.Snapshot()
+	_, probeErr := n.Try("ip", "link", "add", "link", "eth0", "name", "probe.7", "type", "vlan", "id", "7")
 	_, err := apply(t, n, c, Options{})
 	t.Cleanup(func() { _, _ = teardown(t, n, c, Options{}) })
 	if probeErr != nil {
 		if err == nil || !strings.Contains(err.Error(), "no 802.1Q VLAN support") {
 			t.Errorf("apply without kernel VLAN support: %v", err)
 		}
-		if got := n.snapshot(); got != before {
+		if got := n.Snapshot(); got != before {
 			t.Errorf("failed apply changed the namespace:\n%s", diff(before, got))
 		}
 		if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
@@ -268,11 +270,11 @@ func TestVLANUplink(t *testing.T) {
 		}
 		t.Skipf("SKIPPED (after checking the error): this kernel has no 802.1Q VLAN support: %v", probeErr)
 	}
-	n.run("ip", "link", "del", "probe.7")
+	n.Run("ip", "link", "del", "probe.7")
 	if err != nil {
 		t.Fatal(err)
 	}
-	vlan := n.run("ip", "-d", "link", "show", "eth0.100")
+	vlan := n.Run("ip", "-d", "link", "show", "eth0.100")
 	for _, re := range []string{`eth0\.100@eth0:.*master lmbr0 state UP`, `vlan protocol 802.1Q id 100`} {
 		if !regexp.MustCompile(re).MatchString(vlan) {
 			t.Errorf("eth0.100 does not match %q:\n%s", re, vlan)
@@ -281,7 +283,7 @@ func TestVLANUplink(t *testing.T) {
 	if _, err := teardown(t, n, c, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := n.snapshot(); got != before {
+	if got := n.Snapshot(); got != before {
 		t.Errorf("teardown did not restore the namespace:\n%s", diff(before, got))
 	}
 }
@@ -292,7 +294,7 @@ func TestApplyConverges(t *testing.T) {
 	n := hostNS(t)
 	stateDir := filepath.Join(t.TempDir(), "hostnet")
 	c := parse(t, fullConfig, stateDir)
-	before := n.snapshot()
+	before := n.Snapshot()
 	if _, err := apply(t, n, c, Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -310,19 +312,19 @@ func TestApplyConverges(t *testing.T) {
 			t.Errorf("no step %q: %v", w, res.Steps)
 		}
 	}
-	if a := n.run("ip", "-4", "-o", "addr", "show", "lmbr0"); strings.Contains(a, "10.20.0.1/") || !strings.Contains(a, "10.20.0.2/24") {
+	if a := n.Run("ip", "-4", "-o", "addr", "show", "lmbr0"); strings.Contains(a, "10.20.0.1/") || !strings.Contains(a, "10.20.0.2/24") {
 		t.Errorf("addresses: %s", a)
 	}
 	if running(pid) {
 		t.Errorf("dnsmasq still runs")
 	}
-	if r := n.run("nft", "list", "table", "inet", "liquidmetal"); strings.Contains(r, "masquerade") || strings.Contains(r, "9090") {
+	if r := n.Run("nft", "list", "table", "inet", "liquidmetal"); strings.Contains(r, "masquerade") || strings.Contains(r, "9090") {
 		t.Errorf("old rules left:\n%s", r)
 	}
 	if _, err := teardown(t, n, c2, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := n.snapshot(); got != before {
+	if got := n.Snapshot(); got != before {
 		t.Errorf("teardown did not restore the namespace:\n%s", diff(before, got))
 	}
 }
@@ -331,11 +333,11 @@ func TestApplyConverges(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	n := hostNS(t)
 	// Something that overlaps 10.20.0.0/24: a route on eth0p.
-	n.run("ip", "route", "add", "10.20.0.128/25", "dev", "eth0p")
-	n.run("ip", "link", "add", "notabr", "type", "veth", "peer", "name", "notabrp")
-	n.run("ip", "link", "add", "otherbr", "type", "bridge")
-	n.run("ip", "link", "set", "wan0p", "master", "otherbr")
-	before := n.snapshot()
+	n.Run("ip", "route", "add", "10.20.0.128/25", "dev", "eth0p")
+	n.Run("ip", "link", "add", "notabr", "type", "veth", "peer", "name", "notabrp")
+	n.Run("ip", "link", "add", "otherbr", "type", "bridge")
+	n.Run("ip", "link", "set", "wan0p", "master", "otherbr")
+	before := n.Snapshot()
 	base := strings.Replace(fullConfig, "address: 10.20.0.1/24", "address: 10.40.0.1/24", 1)
 	base = strings.NewReplacer("10.20.0.", "10.40.0.").Replace(base)
 
@@ -381,7 +383,7 @@ func TestBadInput(t *testing.T) {
 		if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
 			t.Fatalf("%s: the state folder was created", tc.name)
 		}
-		if got := n.snapshot(); got != before {
+		if got := n.Snapshot(); got != before {
 			t.Fatalf("%s: the namespace changed:\n%s", tc.name, diff(before, got))
 		}
 	}
@@ -474,11 +476,11 @@ func TestDHCPLeases(t *testing.T) {
 		t.Fatal(err)
 	}
 	lease := func(client, mac string) string {
-		cl := newNS(t)
-		n.run("ip", "link", "add", client, "type", "veth", "peer", "name", "eth0", "netns", cl.name)
-		n.run("ip", "link", "set", client, "master", "lmbr0", "up")
-		cl.run("ip", "link", "set", "eth0", "address", mac, "up")
-		return cl.run("busybox", "udhcpc", "-i", "eth0", "-q", "-n", "-f", "-t", "10", "-T", "1", "-s", script)
+		cl := testenv.NewNetNS(t, "lmhn")
+		n.Run("ip", "link", "add", client, "type", "veth", "peer", "name", "eth0", "netns", cl.Name)
+		n.Run("ip", "link", "set", client, "master", "lmbr0", "up")
+		cl.Run("ip", "link", "set", "eth0", "address", mac, "up")
+		return cl.Run("busybox", "udhcpc", "-i", "eth0", "-q", "-n", "-f", "-t", "10", "-T", "1", "-s", script)
 	}
 	dyn := lease("vm1", "02:00:00:00:00:99")
 	m := regexp.MustCompile(`LEASE ip=10\.20\.0\.(\d+) mask=24 router=10\.20\.0\.1 dns=192\.0\.2\.53`).FindStringSubmatch(dyn)

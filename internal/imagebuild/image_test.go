@@ -19,7 +19,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/imagebuild"
 	"github.com/liquidmetal-go/liquidmetal/internal/imagebuild/imagebuildtest"
@@ -48,23 +47,7 @@ func TestPushWithDockerConfig(t *testing.T) {
 	}
 	dir := t.TempDir()
 	user, password := "builder", "pw-"+time.Now().Format("150405.000000")
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bin, err := testenv.RegistryBinary(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := testenv.StartRegistry(ctx, bin, filepath.Join(dir, "registry"), htpasswd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = reg.Stop() })
+	reg := testenv.NewAuthRegistry(t, user, password)
 	ref := reg.Host + "/liquidmetal/kernel:" + k.Release
 
 	dockerConfig := func(pw string) {

@@ -106,9 +106,10 @@ func writeFileAtomic(path string, b []byte, perm fs.FileMode) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// lockFile takes an exclusive flock on path, waiting until ctx ends, so
-// that concurrent builders (other processes too) make a cache entry once.
-func lockFile(ctx context.Context, path string) (func(), error) {
+// LockFile takes an exclusive flock on path (made with its folder when
+// missing), waiting until ctx ends, so that concurrent builders (other
+// processes too) make a cache entry once. It returns the unlock function.
+func LockFile(ctx context.Context, path string) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}

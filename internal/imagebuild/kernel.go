@@ -77,7 +77,7 @@ func BuildKernel(ctx context.Context, o KernelOptions) (*Kernel, error) {
 	if k, err := loadKernel(dir); err == nil {
 		return k, nil
 	}
-	unlock, err := lockFile(ctx, dir+".lock")
+	unlock, err := LockFile(ctx, dir+".lock")
 	if err != nil {
 		return nil, err
 	}

@@ -175,7 +175,7 @@ func (fs_ files) writeTar(tw *tar.Writer) error {
 	sort.Strings(names)
 	for _, n := range names {
 		f := fs_[n]
-		h := &tar.Header{Name: f.name, Mode: int64(unixMode(f.mode)), ModTime: epoch, Format: tar.FormatPAX}
+		h := &tar.Header{Name: f.name, Mode: int64(UnixMode(f.mode)), ModTime: epoch, Format: tar.FormatPAX}
 		switch {
 		case f.mode.IsDir():
 			h.Typeflag, h.Name = tar.TypeDir, f.name+"/"
@@ -223,9 +223,9 @@ func writeEntry(tw *tar.Writer, h *tar.Header, f file) error {
 	return nil
 }
 
-// unixMode is the permission part of a mode, setuid, setgid and sticky
-// bits included.
-func unixMode(m fs.FileMode) uint32 {
+// UnixMode is the permission part of a mode as a unix (tar) mode, setuid,
+// setgid and sticky bits included.
+func UnixMode(m fs.FileMode) uint32 {
 	p := uint32(m.Perm())
 	if m&fs.ModeSetuid != 0 {
 		p |= 0o4000

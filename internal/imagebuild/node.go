@@ -271,7 +271,7 @@ func ensureBase(ctx context.Context, dir, suite, mirror string, include []string
 			return l, info, nil
 		}
 	}
-	unlock, err := lockFile(ctx, dir+".lock")
+	unlock, err := LockFile(ctx, dir+".lock")
 	if err != nil {
 		return Layer{}, baseInfo{}, err
 	}
@@ -580,7 +580,7 @@ func ensureNodeLayer(ctx context.Context, cache, kubeDir string, p nodeParams) (
 	if l, err := loadLayer(dir, "node"); err == nil {
 		return l, nil
 	}
-	unlock, err := lockFile(ctx, dir+".lock")
+	unlock, err := LockFile(ctx, dir+".lock")
 	if err != nil {
 		return Layer{}, err
 	}

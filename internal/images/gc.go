@@ -74,7 +74,7 @@ func (s *Service) GC(ctx context.Context, inUse map[string]bool, grace time.Dura
 			continue
 		}
 		// The pull lock: no pull of this reference runs meanwhile.
-		unlock := s.locks.lock("pull\x00" + rec.Name)
+		unlock := s.locks.Lock("pull\x00" + rec.Name)
 		err := s.client.ImageService().Delete(ctx, rec.Name, images.SynchronousDelete())
 		unlock()
 		if err != nil {

@@ -33,6 +33,8 @@ import (
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/keylock"
 )
 
 // DefaultNamespace is the containerd namespace used when Options.Namespace
@@ -88,7 +90,7 @@ type Service struct {
 	snMu sync.Mutex
 	sn   string // resolved snapshotter, once known
 
-	locks keyedMutex
+	locks keylock.Map
 }
 
 // Image is an image pulled and unpacked in containerd.
@@ -218,7 +220,7 @@ func (s *Service) Pull(ctx context.Context, ref string) (_ Image, retErr error) 
 	}
 	// One pull per reference at a time: a concurrent second caller waits
 	// and then takes the fast path.
-	unlock := s.locks.lock("pull\x00" + name)
+	unlock := s.locks.Lock("pull\x00" + name)
 	defer unlock()
 
 	img, st, err := s.lookup(ctx, name, sn)
@@ -390,39 +392,4 @@ func pullError(ref string, err error) error {
 		return fmt.Errorf("pulling image %q: registry unreachable: %w: %w", ref, errdefs.ErrUnavailable, err)
 	}
 	return fmt.Errorf("pulling image %q: %w", ref, err)
-}
-
-// keyedMutex serializes work per key.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyedLock{}
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		k.mu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
 }

@@ -35,7 +35,7 @@ func (s *Service) WithMounted(ctx context.Context, uid string, img Image, fn fun
 		return err
 	}
 	key := viewKey(uid, img)
-	unlock := s.locks.lock("view\x00" + key)
+	unlock := s.locks.Lock("view\x00" + key)
 	defer unlock()
 
 	sn := s.client.SnapshotService(img.Snapshotter)

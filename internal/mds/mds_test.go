@@ -2,118 +2,42 @@ package mds
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/vishvananda/netns"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
-
-// ns is a named network namespace for one test ("ip netns add"); it and
-// the processes left in it go when the test ends.
-type ns struct {
-	t    *testing.T
-	name string
-}
-
-func newNS(t *testing.T) *ns {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: network namespaces need root")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	n := &ns{t: t, name: "lmmds-" + hex.EncodeToString(b)}
-	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.name, err, out)
-		}
-	})
-	n.run("ip", "link", "set", "lo", "up")
-	return n
-}
-
-func (n *ns) run(args ...string) string {
-	n.t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", n.name}, args...)...).CombinedOutput()
-	if err != nil {
-		n.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// in runs f on an OS thread moved into the namespace, and moves it back.
-func (n *ns) in(f func()) {
-	n.t.Helper()
-	done := make(chan any, 1)
-	go func() {
-		runtime.LockOSThread()
-		back := false
-		defer func() {
-			p := recover()
-			if back {
-				runtime.UnlockOSThread()
-			}
-			done <- p
-		}()
-		orig, err := netns.Get()
-		if err != nil {
-			panic(err)
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(n.name)
-		if err != nil {
-			panic(err)
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			panic(err)
-		}
-		// Moved back and unlocked after, not thrown away: a thread's end
-		// kills the children it started with Pdeathsig.
-		defer func() { back = netns.Set(orig) == nil }()
-		f()
-	}()
-	if p := <-done; p != nil {
-		n.t.Fatalf("in netns %s: %v", n.name, p)
-	}
-}
 
 // testbed is a host namespace with a bridge (10.9.0.1/24) and two VM
 // namespaces whose eth0 (10.9.0.11, .12) are ports tapa and tapb of the
 // bridge, as a VM's TAP would be.
 type testbed struct {
-	host, vmA, vmB *ns
+	host, vmA, vmB *testenv.NetNS
 }
 
 func newTestbed(t *testing.T) *testbed {
-	tb := &testbed{host: newNS(t), vmA: newNS(t), vmB: newNS(t)}
+	tb := &testbed{host: testenv.NewNetNS(t, "lmmds"), vmA: testenv.NewNetNS(t, "lmmds"), vmB: testenv.NewNetNS(t, "lmmds")}
 	h := tb.host
-	h.run("ip", "link", "add", "br0", "type", "bridge")
-	h.run("ip", "addr", "add", "10.9.0.1/24", "dev", "br0")
-	h.run("ip", "link", "set", "br0", "up")
-	for i, v := range []*ns{tb.vmA, tb.vmB} {
+	h.Run("ip", "link", "add", "br0", "type", "bridge")
+	h.Run("ip", "addr", "add", "10.9.0.1/24", "dev", "br0")
+	h.Run("ip", "link", "set", "br0", "up")
+	for i, v := range []*testenv.NetNS{tb.vmA, tb.vmB} {
 		tap := []string{"tapa", "tapb"}[i]
-		h.run("ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", v.name)
-		h.run("ip", "link", "set", tap, "master", "br0", "up")
-		v.run("ip", "addr", "add", fmt.Sprintf("10.9.0.%d/24", 11+i), "dev", "eth0")
-		v.run("ip", "link", "set", "eth0", "up")
-		v.run("ip", "route", "add", "default", "via", "10.9.0.1")
+		h.Run("ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", v.Name)
+		h.Run("ip", "link", "set", tap, "master", "br0", "up")
+		v.Run("ip", "addr", "add", fmt.Sprintf("10.9.0.%d/24", 11+i), "dev", "eth0")
+		v.Run("ip", "link", "set", "eth0", "up")
+		v.Run("ip", "route", "add", "default", "via", "10.9.0.1")
 	}
 	return tb
 }
@@ -121,8 +45,8 @@ func newTestbed(t *testing.T) *testbed {
 // request sends one HTTP request from inside namespace n (optionally from
 // source address src) to addr and returns the status and body, or the
 // dial error.
-func request(n *ns, src, addr, method, path string, headers map[string]string) (status int, body string, err error) {
-	n.in(func() {
+func request(n *testenv.NetNS, src, addr, method, path string, headers map[string]string) (status int, body string, err error) {
+	n.Do(func() {
 		d := net.Dialer{Timeout: 1500 * time.Millisecond}
 		if src != "" {
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
@@ -168,7 +92,7 @@ func TestServeOwnDataOnly(t *testing.T) {
 	tb := newTestbed(t)
 	var s *Server
 	var err error
-	tb.host.in(func() { s, err = New(Options{}) })
+	tb.host.Do(func() { s, err = New(Options{}) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,10 +105,10 @@ func TestServeOwnDataOnly(t *testing.T) {
 	if err := s.Register("vm-b", []string{"tapb"}, docs("vm-b", "SECRET-B")); err != nil {
 		t.Fatal(err)
 	}
-	rules := tb.host.run("nft", "list", "ruleset")
+	rules := tb.host.Run("nft", "list", "ruleset")
 	t.Logf("rules:\n%s", rules)
 
-	get := func(v *ns, path string, headers map[string]string) (int, string) {
+	get := func(v *testenv.NetNS, path string, headers map[string]string) (int, string) {
 		t.Helper()
 		st, body, err := request(v, "", mdsEndpoint, "GET", path, headers)
 		if err != nil {
@@ -193,7 +117,7 @@ func TestServeOwnDataOnly(t *testing.T) {
 		return st, body
 	}
 	for _, c := range []struct {
-		vm           *ns
+		vm           *testenv.NetNS
 		id, secret   string
 		otherID, otr string
 	}{{tb.vmA, "vm-a", "SECRET-A", "vm-b", "SECRET-B"}, {tb.vmB, "vm-b", "SECRET-B", "vm-a", "SECRET-A"}} {
@@ -237,16 +161,16 @@ func TestServeOwnDataOnly(t *testing.T) {
 
 	// vm-a sends from vm-b's address: the answer goes to vm-b's MAC (the
 	// host's neighbour entry), so vm-a may get nothing; never vm-b's data.
-	tb.vmA.run("ip", "addr", "add", "10.9.0.12/32", "dev", "eth0")
+	tb.vmA.Run("ip", "addr", "add", "10.9.0.12/32", "dev", "eth0")
 	if st, body, err := request(tb.vmA, "10.9.0.12", mdsEndpoint, "GET", "/latest/meta-data/instance-id", nil); err == nil && body != "vm-a" {
 		t.Errorf("vm-a with vm-b's source address: %d %q", st, body)
 	}
-	tb.vmA.run("ip", "addr", "del", "10.9.0.12/32", "dev", "eth0")
+	tb.vmA.Run("ip", "addr", "del", "10.9.0.12/32", "dev", "eth0")
 
 	// The listeners are not reachable but through 169.254.169.254 from the
 	// VM's own TAP: not by port from a VM, not from the host itself.
 	for _, c := range []struct {
-		from *ns
+		from *testenv.NetNS
 		addr string
 		what string
 	}{
@@ -305,24 +229,24 @@ func TestServeOwnDataOnly(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if r := tb.host.run("nft", "list", "ruleset"); strings.Contains(r, TableName) {
+	if r := tb.host.Run("nft", "list", "ruleset"); strings.Contains(r, TableName) {
 		t.Errorf("tables left after Close:\n%s", r)
 	}
 }
 
 // TestNewReplacesStaleTables: rules a previous process left are dropped.
 func TestNewReplacesStaleTables(t *testing.T) {
-	h := newNS(t)
-	h.run("nft", "add", "table", "ip", TableName)
-	h.run("nft", "add", "chain", "ip", TableName, "stale")
+	h := testenv.NewNetNS(t, "lmmds")
+	h.Run("nft", "add", "table", "ip", TableName)
+	h.Run("nft", "add", "chain", "ip", TableName, "stale")
 	var s *Server
 	var err error
-	h.in(func() { s, err = New(Options{}) })
+	h.Do(func() { s, err = New(Options{}) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	r := h.run("nft", "list", "ruleset")
+	r := h.Run("nft", "list", "ruleset")
 	if strings.Contains(r, "stale") || !strings.Contains(r, "table bridge "+TableName) || !strings.Contains(r, "table ip "+TableName) {
 		t.Errorf("ruleset after New:\n%s", r)
 	}
@@ -337,13 +261,13 @@ func TestWithoutBridgeNetfilter(t *testing.T) {
 	if _, err := os.Stat(knob); err != nil {
 		t.Skipf("SKIPPED: no br_netfilter here (%v): the default run already has it off", err)
 	}
-	tb.host.run("sysctl", "-w", "net.bridge.bridge-nf-call-iptables=0")
-	if v := strings.TrimSpace(tb.host.run("cat", knob)); v != "0" {
+	tb.host.Run("sysctl", "-w", "net.bridge.bridge-nf-call-iptables=0")
+	if v := strings.TrimSpace(tb.host.Run("cat", knob)); v != "0" {
 		t.Fatalf("bridge-nf-call-iptables = %s in the host namespace", v)
 	}
 	var s *Server
 	var err error
-	tb.host.in(func() { s, err = New(Options{}) })
+	tb.host.Do(func() { s, err = New(Options{}) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +277,7 @@ func TestWithoutBridgeNetfilter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for v, want := range map[*ns]string{tb.vmA: "vm-a", tb.vmB: "vm-b"} {
+	for v, want := range map[*testenv.NetNS]string{tb.vmA: "vm-a", tb.vmB: "vm-b"} {
 		if st, body, err := request(v, "", mdsEndpoint, "GET", "/latest/meta-data/instance-id", nil); err != nil || body != want {
 			t.Errorf("%s: %d %q %v", want, st, body, err)
 		}
@@ -373,7 +297,7 @@ func TestCustomAddress(t *testing.T) {
 	addr := netip.MustParseAddrPort("169.254.170.2:8775")
 	var s *Server
 	var err error
-	tb.host.in(func() { s, err = New(Options{Address: addr}) })
+	tb.host.Do(func() { s, err = New(Options{Address: addr}) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/images"
 	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
@@ -49,30 +48,8 @@ type authRegistry struct {
 // entry with a random password.
 func newAuthRegistry(t testing.TB) authRegistry {
 	t.Helper()
-	bin, err := testenv.RegistryBinary(context.Background())
-	if err != nil {
-		t.Fatalf("registry binary: %v", err)
-	}
-	dir := t.TempDir()
 	a := authRegistry{user: "flint", password: "pw-" + randomHex(t, 8)}
-	hash, err := bcrypt.GenerateFromPassword([]byte(a.password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(a.user+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := testenv.StartRegistry(context.Background(), bin, filepath.Join(dir, "registry"), htpasswd)
-	if err != nil {
-		t.Fatalf("start registry: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := reg.Stop(); err != nil {
-			t.Errorf("stop registry: %v", err)
-		}
-	})
-	a.host = reg.Host
+	a.host = testenv.NewAuthRegistry(t, a.user, a.password).Host
 	return a
 }
 

@@ -55,6 +55,14 @@ type authenticator struct {
 	enabled bool
 }
 
+// Authenticate checks the call to method in ctx as a server with token
+// does: "authorization: Basic base64(token)" required (the scheme word
+// case-insensitive) unless token is empty or method is a health check.
+// Fakes of flintlockd use it to authenticate the same way.
+func Authenticate(ctx context.Context, method, token string) error {
+	return newAuthenticator(token).check(ctx, method)
+}
+
 func newAuthenticator(token string) authenticator {
 	if token == "" {
 		return authenticator{}

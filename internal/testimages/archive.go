@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/imagebuild"
 )
 
 // entry is one file of a filesystem tree to be archived (cpio, tar) or
@@ -77,22 +79,6 @@ func (t tree) sorted() []entry {
 	}
 	slices.SortFunc(es, func(a, b entry) int { return strings.Compare(a.path, b.path) })
 	return es
-}
-
-// unixPerm is the permission part of a unix mode (with setuid, setgid and
-// sticky bits).
-func unixPerm(m fs.FileMode) uint32 {
-	p := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		p |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		p |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		p |= 0o1000
-	}
-	return p
 }
 
 // permBits keeps the permission, setuid, setgid and sticky bits of a mode.
@@ -191,7 +177,7 @@ func (t tree) writeCPIO(w io.Writer) error {
 		return cw.pad4()
 	}
 	for _, e := range t.sorted() {
-		perm := unixPerm(e.mode)
+		perm := imagebuild.UnixMode(e.mode)
 		var err error
 		switch {
 		case e.mode.IsDir():
@@ -250,7 +236,7 @@ func (t tree) writeTar(w io.Writer) error {
 	for _, e := range t.sorted() {
 		h := &tar.Header{
 			Name:    e.path,
-			Mode:    int64(unixPerm(e.mode)),
+			Mode:    int64(imagebuild.UnixMode(e.mode)),
 			ModTime: time.Unix(0, 0),
 		}
 		var body []byte

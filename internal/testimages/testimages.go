@@ -13,7 +13,6 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -21,10 +20,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/imagebuild"
 )
 
 // guestInit is both the initrd's /init and the root image's /sbin/init.
@@ -110,7 +110,7 @@ func Build(ctx context.Context, cacheDir string) (*Artifacts, error) {
 		return a, nil
 	}
 
-	unlock, err := lockFile(ctx, filepath.Join(cacheDir, kver+".lock"))
+	unlock, err := imagebuild.LockFile(ctx, filepath.Join(cacheDir, kver+".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -412,28 +412,4 @@ func writeFileAtomic(path string, b []byte, perm fs.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// lockFile takes an exclusive flock on path, waiting until ctx ends.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }

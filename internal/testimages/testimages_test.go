@@ -564,21 +564,7 @@ func httpGet(t *testing.T, url, accept string) ([]byte, error) {
 func TestPushBasicAuth(t *testing.T) {
 	a := artifacts(t)
 	ctx := context.Background()
-	bin, err := testenv.RegistryBinary(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	htpasswd := filepath.Join(dir, "htpasswd")
-	// bcrypt (cost 4, to keep the test quick) of "secret", made with crypt(3).
-	if err := os.WriteFile(htpasswd, []byte("pusher:$2b$04$E514qusapgUFcCaOfdKlm.yVkgGnGj1diDCzaA2c9TQno/5Dzv9HG\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := testenv.StartRegistry(ctx, bin, filepath.Join(dir, "registry"), htpasswd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = reg.Stop() })
+	reg := testenv.NewAuthRegistry(t, "pusher", "secret")
 
 	var terr *transport.Error
 	if _, err := Push(ctx, a, reg.Host); !errors.As(err, &terr) || terr.StatusCode != http.StatusUnauthorized {

@@ -13,13 +13,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/liquidmetal-go/liquidmetal/internal/keylock"
 )
 
 // Method is how a VM's writable volume is made from a base image.
@@ -75,7 +76,7 @@ type Provisioner struct {
 	method Method
 	pool   *ThinPool
 	log    *slog.Logger
-	locks  keyedMutex
+	locks  keylock.Map
 }
 
 // NewProvisioner picks the method for this host (logged): the forced one,
@@ -260,7 +261,7 @@ func (p *Provisioner) Volume(ctx context.Context, key BaseKey, build BuildFunc, 
 // lock serializes work on one base image within this process and, with
 // an flock on <name>.lock, across processes.
 func (p *Provisioner) lock(name string) (func(), error) {
-	unlock := p.locks.lock(name)
+	unlock := p.locks.Lock(name)
 	f, err := os.OpenFile(filepath.Join(p.baseDir(), name+".lock"), os.O_CREATE|os.O_RDWR, 0o640)
 	if err != nil {
 		unlock()
@@ -443,39 +444,4 @@ func copyData(in, out *os.File, size int64) error {
 		off = hole
 	}
 	return nil
-}
-
-// keyedMutex serializes work per key.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyedLock{}
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		k.mu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
 }

@@ -4,11 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,14 +25,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	infrav1 "github.com/liquidmetal-go/liquidmetal/api/infrastructure/v1alpha1"
+	"github.com/liquidmetal-go/liquidmetal/test/framework"
 )
-
-// mgmtPorts is how many ports from MGMT_PORT_BASE hack/mgmt.sh uses.
-const mgmtPorts = 43
-
-// components are the processes of hack/mgmt.sh.
-var components = []string{"etcd", "kube-apiserver", "kube-controller-manager",
-	"capi-core", "capi-kubeadm-bootstrap", "capi-kubeadm-control-plane", "capmvm"}
 
 // TestManagementCluster brings up the management cluster of hack/mgmt.sh in
 // a temporary folder on free ports, checks that every manager is healthy,
@@ -46,23 +37,18 @@ func TestManagementCluster(t *testing.T) {
 	root := repoRoot(t)
 	capmvm := capmvmBinary(t, root)
 	state := filepath.Join(t.TempDir(), "mgmt")
-	base := freePortBase(t)
-	mgmt := func(args ...string) (string, error) {
-		cmd := exec.Command("bash", append([]string{filepath.Join(root, "hack", "mgmt.sh")}, args...)...)
-		cmd.Env = append(os.Environ(), "MGMT_DIR="+state, "MGMT_PORT_BASE="+strconv.Itoa(base), "CAPMVM_BIN="+capmvm)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	m := framework.NewMgmt(t, root, state, capmvm)
+	mgmt := m.Run
 	var pids []int
 	t.Cleanup(func() {
 		if _, err := os.Stat(state); err == nil {
-			pids = readPids(t, state)
+			pids = m.Pids(t)
 		}
 		if out, err := mgmt("down"); err != nil {
 			t.Errorf("mgmt.sh down: %v\n%s", err, out)
 		}
 		for _, pid := range pids {
-			if alive(pid) {
+			if framework.Alive(pid) {
 				t.Errorf("process %d still runs after down", pid)
 			}
 		}
@@ -76,9 +62,9 @@ func TestManagementCluster(t *testing.T) {
 		t.Fatalf("mgmt.sh up: %v\n%s", err, out)
 	}
 	t.Logf("management cluster up in %s", time.Since(start).Round(100*time.Millisecond))
-	pids = readPids(t, state)
-	if len(pids) != len(components) {
-		t.Fatalf("%d processes recorded, want %d", len(pids), len(components))
+	pids = m.Pids(t)
+	if len(pids) != len(framework.MgmtComponents) {
+		t.Fatalf("%d processes recorded, want %d", len(pids), len(framework.MgmtComponents))
 	}
 
 	// Idempotent, and quiet when already up.
@@ -90,7 +76,7 @@ func TestManagementCluster(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("second up took %s", d)
 	}
-	if out, err := mgmt("status"); err != nil || strings.Count(out, ": running") != len(components) {
+	if out, err := mgmt("status"); err != nil || strings.Count(out, ": running") != len(framework.MgmtComponents) {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 
@@ -111,7 +97,7 @@ func TestManagementCluster(t *testing.T) {
 		}
 	}
 
-	kubeconfig := filepath.Join(state, "kubeconfig")
+	kubeconfig := m.Kubeconfig()
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -240,67 +226,7 @@ func capmvmBinary(t *testing.T, root string) string {
 	if b := os.Getenv("CAPMVM_BIN"); b != "" {
 		return b
 	}
-	if _, err := os.Stat(filepath.Join(root, "cmd", "capmvm")); err != nil {
-		t.Fatalf("the management cluster runs the capmvm manager: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "capmvm")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/capmvm")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/capmvm: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// freePortBase finds mgmtPorts consecutive free loopback ports.
-func freePortBase(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		base := 20000 + rand.IntN(400)*100
-		free := true
-		for p := base; p < base+mgmtPorts && free; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				free = false
-				break
-			}
-			l.Close()
-		}
-		if free {
-			return base
-		}
-	}
-	t.Fatal("no range of free loopback ports")
-	return 0
-}
-
-// alive tells whether pid is a live process (not gone, not a zombie
-// waiting for its parent).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	_, rest, ok := strings.Cut(string(b), ") ")
-	return ok && !strings.HasPrefix(rest, "Z")
-}
-
-func readPids(t *testing.T, state string) []int {
-	t.Helper()
-	var pids []int
-	for _, c := range components {
-		b, err := os.ReadFile(filepath.Join(state, "run", c+".pid"))
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			t.Errorf("%s.pid: %v", c, err)
-			continue
-		}
-		pids = append(pids, pid)
-	}
-	return pids
+	return framework.BuildCAPMVM(t, root, t.TempDir())
 }
 
 func readPorts(t *testing.T, file string) map[string]int {

@@ -14,7 +14,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"golang.org/x/crypto/bcrypt"
 
 	v1alpha1 "github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/types"
@@ -30,23 +29,7 @@ func TestPrivateRegistry(t *testing.T) {
 	ctx := context.Background()
 	user, password := "flint", "pw-"+secretHex(t)
 	dir := t.TempDir()
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bin, err := testenv.RegistryBinary(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := testenv.StartRegistry(ctx, bin, filepath.Join(dir, "registry"), htpasswd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = reg.Stop() })
+	reg := testenv.NewAuthRegistry(t, user, password)
 
 	// The test kernel, copied into the private registry under two names:
 	// one for the refused VM, one for the booted one (a refused pull

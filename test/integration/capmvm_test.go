@@ -416,7 +416,7 @@ func checkGuest(ctx context.Context, t *testing.T, c client.Client, hosts map[st
 	userData, _ := consoleDoc(console, "user-data")
 	if strings.TrimRight(userData, "\n") != strings.TrimRight(string(data.Data["value"]), "\n") {
 		t.Errorf("machine %s: the guest's user-data is not the Machine's bootstrap data (Secret %s):\nguest (%d bytes):\n%s\nsecret (%d bytes):\n%s",
-			m.Name, data.Name, len(userData), tail(userData, 10), len(data.Data["value"]), tail(string(data.Data["value"]), 10))
+			m.Name, data.Name, len(userData), framework.Tail(userData, 10), len(data.Data["value"]), framework.Tail(string(data.Data["value"]), 10))
 	}
 	cc, err := parseCloudConfig(userData)
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/liquidmetal-go/liquidmetal/test/framework"
 )
 
 // kernelMessage is one kernel log line on the serial console. The kernel
@@ -54,7 +56,7 @@ type cloudConfig struct {
 
 func parseCloudConfig(userData string) (*cloudConfig, error) {
 	if !strings.Contains(userData, "#cloud-config") {
-		return nil, fmt.Errorf("user-data is not a #cloud-config:\n%s", tail(userData, 10))
+		return nil, fmt.Errorf("user-data is not a #cloud-config:\n%s", framework.Tail(userData, 10))
 	}
 	var c cloudConfig
 	if err := yaml.Unmarshal([]byte(userData), &c); err != nil {

@@ -2,16 +2,9 @@ package integration
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -31,6 +24,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 	"github.com/liquidmetal-go/liquidmetal/test/framework"
 )
 
@@ -126,38 +120,14 @@ func startWorkloadAPIServer(t *testing.T, kubeDir, dir, vip, serviceCIDR string,
 
 // servingCert issues the API server's certificate from the cluster CA.
 func servingCert(caCrt, caKey []byte, ips []net.IP) (crt, key []byte, err error) {
-	pair, err := tls.X509KeyPair(caCrt, caKey)
+	ca, err := testenv.LoadCA(caCrt, caKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("cluster CA: %w", err)
+		return nil, nil, fmt.Errorf("cluster %w", err)
 	}
-	ca, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return nil, nil, err
-	}
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses:  ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &priv.PublicKey, pair.PrivateKey.(crypto.Signer))
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalECPrivateKey(priv)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), nil
+	return ca.Issue(testenv.CertSpec{
+		CommonName: "kube-apiserver", Usage: x509.ExtKeyUsageServerAuth, IPs: ips,
+		DNSNames: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
+	})
 }
 
 // startProcess runs a process of the test, logging to dir/NAME.log, in its
@@ -182,7 +152,7 @@ func startProcess(t *testing.T, dir, name, bin string, args ...string) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logFile)
-			t.Logf("workload %s log:\n%s", name, tail(string(b), 20))
+			t.Logf("workload %s log:\n%s", name, framework.Tail(string(b), 20))
 		}
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -210,7 +180,7 @@ func waitHTTP(t *testing.T, dir, name, url string, tlsConfig *tls.Config) {
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(filepath.Join(dir, name+".log"))
-			t.Fatalf("workload %s not ready at %s: %v\n%s", name, url, err, tail(string(b), 30))
+			t.Fatalf("workload %s not ready at %s: %v\n%s", name, url, err, framework.Tail(string(b), 30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

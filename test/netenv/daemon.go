@@ -3,7 +3,6 @@ package netenv
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,25 +18,6 @@ import (
 
 	v1alpha1 "github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
 )
-
-// DialContext dials addr from inside the namespace (the socket belongs to
-// it; it can be used from any goroutine afterwards).
-func (n *NS) DialContext(ctx context.Context, network, addr string) (c net.Conn, err error) {
-	if e := n.in(func() error {
-		var d net.Dialer
-		c, err = d.DialContext(ctx, network, addr)
-		return nil
-	}); e != nil {
-		return nil, e
-	}
-	return c, err
-}
-
-// HTTPClient is an HTTP client whose connections start inside the
-// namespace.
-func (n *NS) HTTPClient() *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: n.DialContext}}
-}
 
 // Flintlockd is a flintlockd process running inside a host's namespace,
 // as on a real host: its TAPs join the host's bridge and its VMMs run in
@@ -250,47 +230,3 @@ func (d *Flintlockd) WaitConsole(t *testing.T, dir, text string, timeout time.Du
 
 // String names the daemon for messages.
 func (d *Flintlockd) String() string { return fmt.Sprintf("flintlockd in %s", d.Host.Name) }
-
-// ForwardLoopback makes a TCP address of the test process's own namespace
-// (a registry on 127.0.0.1, say) reachable at the same address inside n,
-// by relaying connections, until the test ends. No link or address is
-// added to either namespace.
-func (n *NS) ForwardLoopback(t *testing.T, addr string) {
-	t.Helper()
-	var lis net.Listener
-	var err error
-	n.Do(func() { lis, err = net.Listen("tcp", addr) })
-	if err != nil {
-		t.Fatalf("[%s] relay listener on %s: %v", n.Name, addr, err)
-	}
-	t.Cleanup(func() { lis.Close() })
-	go func() {
-		for {
-			in, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer in.Close()
-				out, err := net.DialTimeout("tcp", addr, 5*time.Second)
-				if err != nil {
-					t.Logf("[%s] relay to %s: %v", n.Name, addr, err)
-					return
-				}
-				defer out.Close()
-				done := make(chan struct{}, 2)
-				relay := func(dst, src net.Conn) {
-					_, _ = io.Copy(dst, src)
-					if c, ok := dst.(*net.TCPConn); ok {
-						_ = c.CloseWrite()
-					}
-					done <- struct{}{}
-				}
-				go relay(out, in)
-				go relay(in, out)
-				<-done
-				<-done
-			}()
-		}
-	}()
-}

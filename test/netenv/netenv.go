@@ -25,164 +25,31 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"regexp"
-	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/liquidmetal-go/liquidmetal/internal/hostnet"
 	"github.com/liquidmetal-go/liquidmetal/internal/mds"
+	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
 
-// NS is a named network namespace ("ip netns add") owned by a test.
-type NS struct {
-	Name string
-	t    testing.TB
-}
+// NS is a named network namespace owned by a test (testenv.NetNS).
+type NS = testenv.NetNS
 
 // NewNS creates a namespace with lo up, removed (with every process left
 // in it) when the test ends.
 func NewNS(t testing.TB, prefix string) *NS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: network namespaces need root")
-	}
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	n := &NS{Name: prefix + "-" + hex.EncodeToString(b), t: t}
-	if out, err := exec.Command("ip", "netns", "add", n.Name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", n.Name, err, out)
-	}
-	t.Cleanup(func() {
-		out, _ := exec.Command("ip", "netns", "pids", n.Name).Output()
-		for _, p := range strings.Fields(string(out)) {
-			// This process shows up when a thread locked into the
-			// namespace was its main thread.
-			if pid, err := strconv.Atoi(p); err == nil && pid != os.Getpid() {
-				_ = killPid(pid)
-			}
-		}
-		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
-		}
-	})
-	n.Run("ip", "link", "set", "lo", "up")
-	return n
-}
-
-// Command is a command that runs in the namespace.
-func (n *NS) Command(name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
-}
-
-// Run runs a command in the namespace and returns its output; an error
-// fails the test.
-func (n *NS) Run(name string, args ...string) string {
-	n.t.Helper()
-	out, err := n.Command(name, args...).CombinedOutput()
-	if err != nil {
-		n.t.Fatalf("[%s] %s %s: %v\n%s", n.Name, name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// Do runs f on an OS thread inside the namespace: netlink, nftables,
-// sockets and child processes f makes belong to it. A panic in f fails
-// the test.
-func (n *NS) Do(f func()) {
-	n.t.Helper()
-	if err := n.in(func() error { f(); return nil }); err != nil {
-		n.t.Fatalf("in namespace %s: %v", n.Name, err)
-	}
-}
-
-// in runs f on a locked thread moved into the namespace and moves the
-// thread back before unlocking it. Threads are not thrown away: a child
-// started with Pdeathsig (the test registry, containerd) dies with the
-// thread that forked it, and that may be any thread of the pool. Only a
-// thread that cannot be moved back is left locked, to end with f.
-func (n *NS) in(f func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		var err error
-		back := false
-		runtime.LockOSThread()
-		defer func() {
-			if p := recover(); p != nil {
-				err = fmt.Errorf("panic: %v", p)
-			}
-			if back {
-				runtime.UnlockOSThread()
-			}
-			done <- err
-		}()
-		orig, err := netns.Get()
-		if err != nil {
-			return
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(n.Name)
-		if err != nil {
-			back = true
-			return
-		}
-		defer h.Close()
-		if err = netns.Set(h); err != nil {
-			back = true
-			return
-		}
-		defer func() { back = netns.Set(orig) == nil }()
-		err = f()
-	}()
-	return <-done
-}
-
-// Snapshot is the namespace's network as the tools print it (links with
-// details, addresses, routes of all tables, the nftables ruleset, IPv4
-// forwarding), with the bridge timers that run on their own blanked.
-func (n *NS) Snapshot() string {
-	n.t.Helper()
-	var b strings.Builder
-	for _, c := range [][]string{
-		{"ip", "-d", "link", "show"},
-		{"ip", "addr", "show"},
-		{"ip", "route", "show", "table", "all"},
-		{"nft", "list", "ruleset"},
-		{"sysctl", "net.ipv4.ip_forward"},
-	} {
-		fmt.Fprintf(&b, "$ %s\n%s\n", strings.Join(c, " "), n.Run(c[0], c[1:]...))
-	}
-	return timerRE.ReplaceAllString(b.String(), "${1} -")
-}
-
-var timerRE = regexp.MustCompile(`(_timer)\s+[0-9.]+`)
-
-// Serve runs an HTTP handler on addr inside the namespace until the test
-// ends.
-func (n *NS) Serve(addr string, h http.Handler) {
-	n.t.Helper()
-	var lis net.Listener
-	var err error
-	n.Do(func() { lis, err = net.Listen("tcp", addr) })
-	if err != nil {
-		n.t.Fatalf("[%s] listen %s: %v", n.Name, addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	n.t.Cleanup(func() { _ = srv.Close() })
+	return testenv.NewNetNS(t, prefix)
 }
 
 // settle waits (up to 10 s) until the namespace's links have their
 // carrier and its addresses are past duplicate address detection, so that
 // snapshots taken from then on change only through what the test does.
-func (n *NS) settle() {
-	n.t.Helper()
+func settle(t testing.TB, n *NS) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		links, addrs := n.Run("ip", "-o", "link", "show", "up"), n.Run("ip", "-o", "addr", "show")
@@ -190,7 +57,7 @@ func (n *NS) settle() {
 			return
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("[%s] the links did not settle:\n%s\n%s", n.Name, links, addrs)
+			t.Fatalf("[%s] the links did not settle:\n%s\n%s", n.Name, links, addrs)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -206,6 +73,8 @@ type Host struct {
 	Before string
 	// MDS is the host's metadata service, when StartMDS was called.
 	MDS *mds.Server
+
+	t testing.TB
 }
 
 // Apply applies the host network config in the namespace.
@@ -278,7 +147,7 @@ func New(t *testing.T, o Options) *Env {
 		}
 	}
 	e := &Env{}
-	a, b := &Host{NS: NewNS(t, "lm-hosta")}, &Host{NS: NewNS(t, "lm-hostb")}
+	a, b := &Host{NS: NewNS(t, "lm-hosta"), t: t}, &Host{NS: NewNS(t, "lm-hostb"), t: t}
 	e.Hosts = []*Host{a, b}
 	inet := &Internet{NS: NewNS(t, "lm-inet"), Addr: "198.51.100.1:8080", Token: randomHex(6)}
 	e.Internet = inet
@@ -301,7 +170,7 @@ func New(t *testing.T, o Options) *Env {
 	}))
 
 	for _, h := range e.Hosts {
-		h.settle()
+		settle(t, h.NS)
 	}
 	for i, h := range e.Hosts {
 		c := &hostnet.Config{
@@ -373,12 +242,4 @@ func Diff(a, b string) string {
 		return "(the same lines in another order or number)"
 	}
 	return out.String()
-}
-
-func killPid(pid int) error {
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return err
-	}
-	return p.Kill()
 }

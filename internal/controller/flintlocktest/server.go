@@ -12,8 +12,6 @@ package flintlocktest
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
@@ -28,7 +26,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -37,6 +34,7 @@ import (
 	hostv1 "github.com/liquidmetal-go/liquidmetal/api/services/host/v1alpha1"
 	microvmv1 "github.com/liquidmetal-go/liquidmetal/api/services/microvm/v1alpha1"
 	"github.com/liquidmetal-go/liquidmetal/api/types"
+	"github.com/liquidmetal-go/liquidmetal/internal/server"
 )
 
 // Options configures a Server.
@@ -357,7 +355,7 @@ func (s *Server) GetCapacity(context.Context, *hostv1.GetCapacityRequest) (*host
 
 // auth checks the token as flintlockd does and counts the calls.
 func (s *Server) auth(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := s.checkToken(ctx); err != nil {
+	if err := server.Authenticate(ctx, info.FullMethod, s.opts.Token); err != nil {
 		s.mu.Lock()
 		s.refused++
 		s.mu.Unlock()
@@ -367,26 +365,6 @@ func (s *Server) auth(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	s.calls[info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]]++
 	s.mu.Unlock()
 	return h(ctx, req)
-}
-
-func (s *Server) checkToken(ctx context.Context) error {
-	if s.opts.Token != "" {
-		md, _ := metadata.FromIncomingContext(ctx)
-		vals := md.Get("authorization")
-		if len(vals) == 0 {
-			return status.Error(codes.Unauthenticated, "authorization required")
-		}
-		scheme, cred, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
-		if !ok || !strings.EqualFold(scheme, "basic") {
-			return status.Error(codes.Unauthenticated, "authorization must use the Basic scheme")
-		}
-		token, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
-		got, want := sha256.Sum256(token), sha256.Sum256([]byte(s.opts.Token))
-		if err != nil || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-			return status.Error(codes.Unauthenticated, "invalid token")
-		}
-	}
-	return nil
 }
 
 // Refused is the number of calls refused for a missing or wrong token.

@@ -2,7 +2,6 @@ package v1alpha1
 
 import (
 	"context"
-	"fmt"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -50,23 +49,9 @@ func (v *MicrovmClusterTemplateCustomValidator) ValidateUpdate(ctx context.Conte
 	if err != nil {
 		return nil, err
 	}
-	p := field.NewPath("spec", "template", "spec")
-	changed, err := changedFields(&old.Spec.Template.Spec, &t.Spec.Template.Spec)
-	if err != nil {
-		return nil, invalid("MicrovmClusterTemplate", t.Name, field.ErrorList{field.InternalError(p, err)})
-	}
-	if len(changed) == 0 {
-		return nil, nil
-	}
-	var errs field.ErrorList
-	if !isTopologyDryRun(ctx, t) {
-		for _, f := range changed {
-			errs = append(errs, field.Forbidden(p.Child(f), fmt.Sprintf(
-				"a MicrovmClusterTemplate's spec.template.spec is immutable; to change %s, create a new template and reference it from the ClusterClass", f)))
-		}
-	}
-	errs = append(errs, validateClusterSpec(p, &t.Spec.Template.Spec)...)
-	return nil, invalid("MicrovmClusterTemplate", t.Name, errs)
+	_, err = templateSpecUpdate(ctx, "MicrovmClusterTemplate", t, &old.Spec.Template.Spec, &t.Spec.Template.Spec,
+		"reference it from the ClusterClass", validateClusterSpec)
+	return nil, err
 }
 
 // ValidateDelete implements admission.CustomValidator; deletion is always

@@ -2,7 +2,6 @@ package v1alpha1
 
 import (
 	"context"
-	"fmt"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -53,23 +52,14 @@ func (v *MicrovmMachineTemplateCustomValidator) ValidateUpdate(ctx context.Conte
 	if err != nil {
 		return nil, err
 	}
-	p := field.NewPath("spec", "template", "spec")
-	changed, err := changedFields(&old.Spec.Template.Spec, &t.Spec.Template.Spec)
-	if err != nil {
-		return nil, invalid("MicrovmMachineTemplate", t.Name, field.ErrorList{field.InternalError(p, err)})
+	changed, err := templateSpecUpdate(ctx, "MicrovmMachineTemplate", t, &old.Spec.Template.Spec, &t.Spec.Template.Spec,
+		"reference it", func(p *field.Path, s *infrav1.MicrovmMachineSpec) field.ErrorList {
+			return validateMachineSpec(p, s, true)
+		})
+	if !changed {
+		return nil, err
 	}
-	if len(changed) == 0 {
-		return nil, nil
-	}
-	var errs field.ErrorList
-	if !isTopologyDryRun(ctx, t) {
-		for _, f := range changed {
-			errs = append(errs, field.Forbidden(p.Child(f), fmt.Sprintf(
-				"a MicrovmMachineTemplate's spec.template.spec is immutable; to change %s, create a new template and reference it", f)))
-		}
-	}
-	errs = append(errs, validateMachineSpec(p, &t.Spec.Template.Spec, true)...)
-	return machineTemplateGuestMACWarnings(p, &t.Spec.Template.Spec.MicrovmSpec), invalid("MicrovmMachineTemplate", t.Name, errs)
+	return machineTemplateGuestMACWarnings(field.NewPath("spec", "template", "spec"), &t.Spec.Template.Spec.MicrovmSpec), err
 }
 
 // ValidateDelete implements admission.CustomValidator; deletion is always

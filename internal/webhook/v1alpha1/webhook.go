@@ -7,11 +7,13 @@
 package v1alpha1
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -33,6 +35,32 @@ func SetupWithManager(mgr ctrl.Manager) error {
 		}
 	}
 	return nil
+}
+
+// templateSpecUpdate checks an update of a template of kind whose
+// spec.template.spec (from oldSpec to newSpec) is immutable, but for the
+// Cluster API topology controller's dry runs (the v1beta2 contract), and
+// must stay valid. changed is false when the spec is the same; howTo ends
+// the message of a forbidden change.
+func templateSpecUpdate[S any](ctx context.Context, kind string, obj metav1.Object, oldSpec, newSpec *S,
+	howTo string, validate func(*field.Path, *S) field.ErrorList) (changed bool, err error) {
+	p := field.NewPath("spec", "template", "spec")
+	fields, err := changedFields(oldSpec, newSpec)
+	if err != nil {
+		return false, invalid(kind, obj.GetName(), field.ErrorList{field.InternalError(p, err)})
+	}
+	if len(fields) == 0 {
+		return false, nil
+	}
+	var errs field.ErrorList
+	if !isTopologyDryRun(ctx, obj) {
+		for _, f := range fields {
+			errs = append(errs, field.Forbidden(p.Child(f), fmt.Sprintf(
+				"a %s's spec.template.spec is immutable; to change %s, create a new template and %s", kind, f, howTo)))
+		}
+	}
+	errs = append(errs, validate(p, newSpec)...)
+	return true, invalid(kind, obj.GetName(), errs)
 }
 
 // invalid turns field errors into the API's Invalid status for obj's kind,
