@@ -58,12 +58,11 @@ var DefaultArgs = []string{
 // extra flags appended to its arguments.
 func NewDaemon(env *Env, stateDir string, extra ...string) (*Daemon, error) {
 	d := &Daemon{Env: env, StateDir: stateDir, LogFile: filepath.Join(stateDir, "flintlockd.log")}
-	for _, a := range []*string{&d.GRPCAddr, &d.HTTPAddr, &d.MetricsAddr} {
-		var err error
-		if *a, err = FreeAddr(); err != nil {
-			return nil, err
-		}
+	addrs, err := FreeAddrs(3)
+	if err != nil {
+		return nil, err
 	}
+	d.GRPCAddr, d.HTTPAddr, d.MetricsAddr = addrs[0], addrs[1], addrs[2]
 	d.Args = append([]string{"run",
 		"--insecure",
 		"--grpc-endpoint", d.GRPCAddr,
@@ -79,12 +78,27 @@ func NewDaemon(env *Env, stateDir string, extra ...string) (*Daemon, error) {
 
 // FreeAddr returns a loopback TCP address free at the time of the call.
 func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := FreeAddrs(1)
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return addrs[0], nil
+}
+
+// FreeAddrs returns n distinct loopback TCP addresses free at the time of
+// the call: all are held open until every one is chosen, as a port closed
+// is the kernel's next pick.
+func FreeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
 }
 
 // StartDaemon starts flintlockd with its own state folder; extra flags are

@@ -83,14 +83,11 @@ func startWorkloadAPIServer(t *testing.T, kubeDir, dir, vip, serviceCIDR string,
 		}
 	}
 
-	etcdAddr, err := framework.FreeAddr()
+	addrs, err := framework.FreeAddrs(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	peerAddr, err := framework.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcdAddr, peerAddr := addrs[0], addrs[1]
 	startProcess(t, dir, "etcd", filepath.Join(kubeDir, "etcd"),
 		"--name", "workload", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", "http://"+etcdAddr, "--advertise-client-urls", "http://"+etcdAddr,
