@@ -46,7 +46,6 @@ func TestOneConnectionPerHost(t *testing.T) {
 // each its own token, read from the cluster's secrets; a rotated token
 // gives a new connection, a wrong one makes the host unreachable.
 func TestMutualTLSAndTokens(t *testing.T) {
-	needEnv(t)
 	pki, err := flintlocktest.NewPKI()
 	if err != nil {
 		t.Fatal(err)

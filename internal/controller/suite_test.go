@@ -49,10 +49,9 @@ const (
 )
 
 var (
-	cfg        *rest.Config
-	k8s        client.Client // uncached
-	pool       *hostclient.Pool
-	skipReason string
+	cfg  *rest.Config
+	k8s  client.Client // uncached
+	pool *hostclient.Pool
 )
 
 func TestMain(m *testing.M) {
@@ -75,10 +74,6 @@ func run(m *testing.M) int {
 	var stop func() error
 	var err error
 	cfg, stop, err = controllertest.StartAPIServer(ctx)
-	if errors.Is(err, controllertest.ErrMissing) {
-		skipReason = err.Error()
-		return m.Run()
-	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "envtest:", err)
 		return 1
@@ -134,13 +129,6 @@ func run(m *testing.M) int {
 	return code
 }
 
-func needEnv(t *testing.T) {
-	t.Helper()
-	if skipReason != "" {
-		t.Skip("SKIP: " + skipReason)
-	}
-}
-
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
@@ -185,7 +173,6 @@ var nsCounter struct {
 
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	t.Helper()
-	needEnv(t)
 	ctx := testCtx(t)
 	nsCounter.Lock()
 	nsCounter.n++

@@ -28,7 +28,7 @@ func TestKubeAndCAPIAssets(t *testing.T) {
 	defer cancel()
 	kube, err := KubeAssets(ctx)
 	if err != nil {
-		t.Skipf("SKIP: Kubernetes binaries could not be built: %v", err)
+		t.Fatalf("Kubernetes binaries could not be built: %v", err)
 	}
 	for bin, want := range map[string]string{
 		"kube-apiserver":          "Kubernetes " + KubeVersion,
@@ -50,7 +50,7 @@ func TestKubeAndCAPIAssets(t *testing.T) {
 
 	capi, err := CAPIAssets(ctx)
 	if err != nil {
-		t.Skipf("SKIP: Cluster API could not be built: %v", err)
+		t.Fatalf("Cluster API could not be built: %v", err)
 	}
 	out, err = exec.CommandContext(ctx, filepath.Join(capi, "clusterctl"), "version", "-o", "short").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != CAPIVersion {

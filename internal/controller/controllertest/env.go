@@ -6,7 +6,6 @@ package controllertest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,10 +16,6 @@ import (
 
 	"github.com/liquidmetal-go/liquidmetal/internal/testenv"
 )
-
-// ErrMissing wraps the error of a dependency (the kube or Cluster API
-// builds) that could not be had; callers skip on it.
-var ErrMissing = errors.New("test dependency missing")
 
 // StartAPIServer starts kube-apiserver and etcd with the Cluster API CRDs
 // and CAPMVM's (config/crd/bases). stop ends them.
@@ -34,13 +29,13 @@ func StartAPIServer(ctx context.Context) (cfg *rest.Config, stop func() error, e
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		dir, err := testenv.KubeAssets(ctx)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: kube-apiserver and etcd %s: %v", ErrMissing, testenv.KubeVersion, err)
+			return nil, nil, fmt.Errorf("kube-apiserver and etcd %s: %w", testenv.KubeVersion, err)
 		}
 		env.BinaryAssetsDirectory = dir
 	}
 	capi, err := testenv.CAPIAssets(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: Cluster API %s CRDs: %v", ErrMissing, testenv.CAPIVersion, err)
+		return nil, nil, fmt.Errorf("Cluster API %s CRDs: %w", testenv.CAPIVersion, err)
 	}
 	root, err := testenv.RepoRoot()
 	if err != nil {
