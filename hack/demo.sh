@@ -70,7 +70,7 @@ uid=$(fl microvm create --name demo --namespace default --vcpu 1 --memory 256 \
   --user-data-file "$demo/user-data" -o json | jq -r .spec.uid)
 fl microvm wait "$uid" --timeout 5m
 echo "==> the microVM's serial console:"
-timeout 60 "$bin/fl" --insecure --address 127.0.0.1:9090 microvm console -f "$uid" --state-dir "$demo/state" \
+timeout 60 "$bin/fl" --insecure --address 127.0.0.1:9090 microvm console -f "$uid" \
   | sed '/LIQUIDMETAL-GUEST: user-data exited/q' || true
 cat <<EOF
 
@@ -78,7 +78,7 @@ The microVM runs. Inspect and delete it with:
   export PATH=$bin:\$PATH
   fl --insecure microvm list
   fl --insecure microvm get $uid
-  fl --insecure microvm console -f $uid --state-dir $demo/state
+  fl --insecure microvm console -f $uid
   fl --insecure microvm delete $uid
   curl -s http://127.0.0.1:8090/v1alpha1/microvms | jq .
 Stop everything with: make demo-down
