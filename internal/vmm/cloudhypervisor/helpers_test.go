@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
+	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm/vmmtest"
 )
 
@@ -62,3 +63,11 @@ func journal(t testing.TB, path string) []vmmtest.Call {
 	t.Helper()
 	return vmmtest.ReadJournal(t, path, func(c vmmtest.Call) bool { return c.Method == "GET" })
 }
+
+// The virtiofsd names the provider's documents and daemons use
+// (process.Virtiofsd's).
+var (
+	fsSocketName  = process.VirtiofsSocketName
+	virtiofsdArgs = process.VirtiofsdArgs
+	virtiofsdUID  = process.VirtiofsdUID
+)

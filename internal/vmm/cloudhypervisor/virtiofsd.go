@@ -5,17 +5,9 @@ import (
 	"os"
 
 	"github.com/liquidmetal-go/liquidmetal/internal/vmm"
-	"github.com/liquidmetal-go/liquidmetal/internal/vmm/process"
 )
 
-// Shared folders are served by the virtiofsd daemons of process.Virtiofsd,
-// one per folder, as for QEMU; these name them as the tests and the
-// provider's documents refer to them.
-var (
-	fsSocketName  = process.VirtiofsSocketName
-	virtiofsdArgs = process.VirtiofsdArgs
-	virtiofsdUID  = process.VirtiofsdUID
-)
+// Shared folders are served by process.Virtiofsd, as for QEMU.
 
 // startVirtiofsd starts one virtiofsd per shared folder and returns their
 // sockets as Cloud Hypervisor is given them, once each listens.
